@@ -1,0 +1,21 @@
+"""resv engine: typed async Python over the Lua commits."""
+
+from engine.engine import Engine
+from engine.errors import BadArgument, EngineError, EngineUnavailable, PUBLIC_MESSAGES
+from engine.settings import Settings
+from engine.types import Decision, Event, Reservation, Resource, ResourceSpec, WaitlistEntry
+
+__all__ = [
+    "BadArgument",
+    "Decision",
+    "Engine",
+    "EngineError",
+    "EngineUnavailable",
+    "Event",
+    "PUBLIC_MESSAGES",
+    "Reservation",
+    "Resource",
+    "ResourceSpec",
+    "Settings",
+    "WaitlistEntry",
+]

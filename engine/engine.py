@@ -1,0 +1,191 @@
+"""The engine: typed async calls over the Lua functions.
+
+It adds no rule of its own. It builds keys, sends the call, and turns the
+reply into a typed Decision; the Lua decides.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from engine import keys
+from engine.errors import EngineError, translate
+from engine.library import ensure_library
+from engine.pipeline import Pipeliner
+from engine.settings import Settings
+from engine.types import Decision, Reservation, Resource, ResourceSpec, WaitlistEntry, from_flat
+
+
+def _opt(value: int | None) -> str:
+    return "" if value is None else str(int(value))
+
+
+def _client(url: str, settings: Settings, retries: int, max_connections: int) -> Redis:
+    # redis-py does the retrying: commits sent through the retrying client are
+    # idempotent (request id, reservation id, one entry per client), so a retry
+    # after a lost reply can never book twice.
+    pool = ConnectionPool.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=settings.socket_timeout,
+        socket_connect_timeout=settings.socket_timeout,
+        health_check_interval=30,
+        max_connections=max_connections,
+        retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), retries),
+        retry_on_error=[RedisConnectionError, RedisTimeoutError],
+    )
+    return Redis(connection_pool=pool)
+
+
+class Engine:
+    def __init__(self, settings: Settings, url: str | None = None) -> None:
+        url = url or settings.redis_url
+        if not url:
+            raise ValueError("no Redis URL: set REDIS_URL")
+        self.settings = settings
+        self.redis = _client(url, settings, settings.retries, settings.max_connections)
+        # Definition changes are not idempotent (a retried create would report
+        # ALREADY_EXISTS): they go through a client that never retries.
+        self._admin = _client(url, settings, 0, 4)
+        self._pipe = Pipeliner(self.redis, self.load_library)
+
+    async def start(self) -> None:
+        await self.load_library()
+
+    async def load_library(self) -> bool:
+        try:
+            return await ensure_library(self.redis)
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def aclose(self) -> None:
+        await self._pipe.aclose()
+        await self.redis.aclose()
+        await self._admin.aclose()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- plumbing
+
+    def _keys(self, resource_id: str) -> tuple[str, ...]:
+        return keys.resource_keys(resource_id, self.settings.partitions)
+
+    async def _fcall(self, function: str, keys_: tuple[str, ...], *args: Any, admin: bool = False) -> Any:
+        command = ("FCALL", function, len(keys_), *keys_, *args)
+        try:
+            if admin:
+                try:
+                    return await self._admin.execute_command(*command)
+                except Exception as exc:
+                    if "function not found" not in str(exc).lower():
+                        raise
+                    await self.load_library()
+                    return await self._admin.execute_command(*command)
+            return await self._pipe.call(*command)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+
+    async def _decide(self, function: str, keys_: tuple[str, ...], *args: Any, admin: bool = False) -> Decision:
+        return from_flat(Decision, await self._fcall(function, keys_, *args, admin=admin))
+
+    # -- definition (operators)
+
+    async def create_resource(self, spec: ResourceSpec) -> Decision:
+        return await self._decide(
+            "resv_create",
+            self._keys(spec.resource_id),
+            spec.resource_id,
+            spec.type,
+            str(spec.capacity),
+            _opt(spec.opens_at),
+            _opt(spec.closes_at),
+            "1" if spec.waitlist_enabled else "0",
+            _opt(spec.max_per_request),
+            _opt(spec.max_per_client),
+            admin=True,
+        )
+
+    async def configure(self, resource_id: str, expected_version: int, changes: dict[str, Any]) -> Decision:
+        """changes: rule name -> value (None clears an optional rule); `state`
+        (OPEN|CLOSED) may be among them. One call, one new version."""
+        pairs: list[str] = []
+        for name, value in changes.items():
+            if isinstance(value, bool):
+                value = "1" if value else "0"
+            pairs += [name, "" if value is None else str(value)]
+        return await self._decide(
+            "resv_configure", self._keys(resource_id), resource_id, str(expected_version), *pairs, admin=True
+        )
+
+    async def open(self, resource_id: str, expected_version: int) -> Decision:
+        return await self._decide("resv_open", self._keys(resource_id), resource_id, str(expected_version), admin=True)
+
+    async def close(self, resource_id: str, expected_version: int) -> Decision:
+        return await self._decide("resv_close", self._keys(resource_id), resource_id, str(expected_version), admin=True)
+
+    # -- commits (clients)
+
+    async def reserve(self, resource_id: str, client_id: str, quantity: int, request_id: str | None = None) -> Decision:
+        """Confirms or rejects. Give the same request_id to retry safely; a
+        fresh one is made when none is given."""
+        request_id = request_id or uuid.uuid4().hex
+        p = self.settings.partitions
+        return await self._decide(
+            "resv_reserve",
+            (*self._keys(resource_id), keys.request_key(resource_id, request_id, p)),
+            resource_id,
+            client_id,
+            str(quantity),
+            request_id,
+            str(self.settings.idempotency_ttl_ms),
+        )
+
+    async def cancel(self, reservation_id: str) -> Decision | None:
+        """None when the id names no resource (so no reservation)."""
+        resource_id = keys.resource_of_reservation(reservation_id)
+        if resource_id is None:
+            return None
+        return await self._decide("resv_cancel", self._keys(resource_id), resource_id, reservation_id)
+
+    async def join_waitlist(self, resource_id: str, client_id: str, quantity: int) -> Decision:
+        return await self._decide("resv_wl_join", self._keys(resource_id), resource_id, client_id, str(quantity))
+
+    async def leave_waitlist(self, entry_id: str) -> Decision | None:
+        resource_id = keys.resource_of_entry(entry_id)
+        if resource_id is None:
+            return None
+        return await self._decide("resv_wl_leave", self._keys(resource_id), resource_id, entry_id)
+
+    # -- reads (source of truth; no event)
+
+    async def resource(self, resource_id: str) -> Resource | None:
+        flat = await self._fcall("resv_resource", self._keys(resource_id), resource_id)
+        return from_flat(Resource, flat) if flat else None
+
+    async def reservation(self, reservation_id: str) -> Reservation | None:
+        resource_id = keys.resource_of_reservation(reservation_id)
+        if resource_id is None:
+            return None
+        flat = await self._fcall("resv_reservation", self._keys(resource_id), resource_id, reservation_id)
+        return from_flat(Reservation, flat) if flat else None
+
+    async def waitlist_entry(self, entry_id: str) -> WaitlistEntry | None:
+        resource_id = keys.resource_of_entry(entry_id)
+        if resource_id is None:
+            return None
+        flat = await self._fcall("resv_wl_position", self._keys(resource_id), resource_id, entry_id)
+        return from_flat(WaitlistEntry, flat) if flat else None

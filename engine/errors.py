@@ -1,0 +1,53 @@
+"""The engine's errors, and the one mapping from Lua replies to them."""
+
+from __future__ import annotations
+
+from redis import exceptions as redis_errors
+
+
+class EngineError(Exception):
+    """Base class. Messages are for operators' logs, never for clients."""
+
+
+class BadArgument(EngineError):
+    """The call was malformed; the Lua refused it before any write."""
+
+
+class EngineUnavailable(EngineError):
+    """The server could not be reached, timed out, or refused for lack of
+    memory. For a commit, the outcome may be unknown: retry with the same
+    request id, which can never book twice."""
+
+
+# One generic message per public code: clients see this, operators see reason.
+PUBLIC_MESSAGES = {
+    "RESOURCE_FULL": "Not enough capacity left for this request.",
+    "RESOURCE_CLOSED": "This resource is not open for reservations.",
+    "INVALID_STATE": "This request cannot be accepted in the resource's current state.",
+}
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    OSError,
+)
+
+
+def is_missing_function(exc: BaseException) -> bool:
+    return isinstance(exc, redis_errors.ResponseError) and "function not found" in str(exc).lower()
+
+
+def translate(exc: BaseException) -> EngineError:
+    """Maps a redis-py failure to an engine error."""
+    if isinstance(exc, EngineError):
+        return exc
+    if isinstance(exc, _UNAVAILABLE):
+        return EngineUnavailable(f"{type(exc).__name__}: {exc}")
+    message = str(exc)
+    if isinstance(exc, redis_errors.ResponseError):
+        if message.startswith("BAD_ARGUMENT"):
+            return BadArgument(message.removeprefix("BAD_ARGUMENT").strip())
+        if message.startswith(("OOM", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS", "LOADING")):
+            return EngineUnavailable(message)
+    return EngineError(f"{type(exc).__name__}: {message}")

@@ -1,0 +1,53 @@
+"""Key names. Every key one call touches shares its partition's hash tag.
+
+A resource maps to partition crc32(resource_id) mod RESV_PARTITIONS; the
+partition count is fixed for a deployment (changing it moves resources to
+other tags). Reservation and entry ids carry their resource id, so a cancel
+or a leave finds its keys without a lookup.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+RESERVATION_SEP = "~"
+ENTRY_SEP = "~w"
+
+
+def partition_of(resource_id: str, partitions: int) -> int:
+    return zlib.crc32(resource_id.encode()) % partitions
+
+
+def prefix(partition: int) -> str:
+    return f"resv:{{p{partition}}}:"
+
+
+def stream_key(partition: int) -> str:
+    return prefix(partition) + "events"
+
+
+def resource_keys(resource_id: str, partitions: int) -> tuple[str, str, str, str, str, str]:
+    """The six keys every resource call takes, in the Lua contract's order."""
+    p = prefix(partition_of(resource_id, partitions))
+    return (
+        f"{p}res:{resource_id}",
+        f"{p}bk:{resource_id}",
+        f"{p}cl:{resource_id}",
+        f"{p}wl:{resource_id}",
+        f"{p}we:{resource_id}",
+        f"{p}events",
+    )
+
+
+def request_key(resource_id: str, request_id: str, partitions: int) -> str:
+    return f"{prefix(partition_of(resource_id, partitions))}req:{resource_id}:{request_id}"
+
+
+def resource_of_reservation(reservation_id: str) -> str | None:
+    rid, sep, seq = reservation_id.rpartition(RESERVATION_SEP)
+    return rid if sep and rid and seq.isdigit() else None
+
+
+def resource_of_entry(entry_id: str) -> str | None:
+    rid, sep, seq = entry_id.rpartition(ENTRY_SEP)
+    return rid if sep and rid and seq.isdigit() else None

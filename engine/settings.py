@@ -1,0 +1,53 @@
+"""Engine settings, read once from the environment."""
+
+from __future__ import annotations
+
+import os
+
+import msgspec
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    redis_url: str | None = None
+    """REDIS_URL: the Redis-compatible server holding all state. Unset: a
+    private embedded server is started by `resv demo` / the tests."""
+    partitions: int = 16
+    """RESV_PARTITIONS: number of event streams (and hash tags). Fixed for a
+    deployment: resources are mapped to partitions by crc32 of their id."""
+    idempotency_ttl_ms: int = 86_400_000
+    """RESV_IDEMPOTENCY_TTL_MS: how long a request id's decision is remembered."""
+    socket_timeout: float = 1.0
+    """RESV_REDIS_TIMEOUT_S: per-command socket timeout."""
+    retries: int = 2
+    """RESV_REDIS_RETRIES: retries of a call whose connection failed or timed
+    out. Safe because commits are idempotent on their request id."""
+    max_connections: int = 64
+    """RESV_REDIS_MAX_CONNECTIONS: connection pool size per process."""
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+
+        def num(name: str, default, kind=int):
+            raw = env.get(name)
+            if raw in (None, ""):
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise ValueError(f"{name} must be a number, got {raw!r}") from None
+            if value < 0:
+                raise ValueError(f"{name} must not be negative")
+            return value
+
+        partitions = num("RESV_PARTITIONS", 16)
+        if not 1 <= partitions <= 1024:
+            raise ValueError("RESV_PARTITIONS must be in 1..1024")
+        return cls(
+            redis_url=env.get("REDIS_URL") or None,
+            partitions=partitions,
+            idempotency_ttl_ms=num("RESV_IDEMPOTENCY_TTL_MS", 86_400_000) or 86_400_000,
+            socket_timeout=num("RESV_REDIS_TIMEOUT_S", 1.0, float),
+            retries=num("RESV_REDIS_RETRIES", 2),
+            max_connections=num("RESV_REDIS_MAX_CONNECTIONS", 64) or 64,
+        )
