@@ -1,0 +1,94 @@
+"""Malformed calls at the function level: an error reply naming the argument,
+and not a single write (the keyspace, streams included, is unchanged)."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from engine.library import library_source
+from tests.support import PARTITIONS, create, rkeys, snapshot
+from engine import keys
+
+GOOD_REQ = keys.request_key("r1", "q", PARTITIONS)
+
+
+@pytest.fixture
+def r(redis_url: str):
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+    create(client, "r1", 5, waitlist=True)
+    yield client
+    client.close()
+
+
+def call(r, fn, ks, *args):
+    return r.execute_command("FCALL", fn, len(ks), *ks, *args)
+
+
+K = rkeys("r1")
+# another resource in another partition: other keys, another hash slot
+OTHER = next(rkeys(f"o{i}") for i in range(100) if rkeys(f"o{i}")[5] != rkeys("r1")[5])
+
+CASES = [
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "0", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "-3", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1.5", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1e3", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "99999999999999999999", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "nan", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "", "q"], "quantity"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "", "1", "q"], "client_id"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "x" * 129, "1", "q"], "client_id"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "a b", "1", "q"], "client_id"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "a\x00b", "1", "q"], "client_id"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1", "other"], "KEYS[7]"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1"], "arguments"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1", "q", "abc"], "ttl"),
+    ("resv_reserve", K, ["r1", "al", "1", "q"], "keys"),
+    ("resv_reserve", OTHER + [GOOD_REQ], ["r1", "al", "1", "q"], "KEYS[1]"),
+    ("resv_reserve", K[:5] + [OTHER[5], GOOD_REQ], ["r1", "al", "1", "q"], "KEYS[6]"),
+    ("resv_reserve", K + [GOOD_REQ], ["", "al", "1", "q"], "resource_id"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1~1", "al", "1", "q"], "resource_id"),
+    ("resv_reserve", ["res:r1"] + K[1:] + [GOOD_REQ], ["r1", "al", "1", "q"], "KEYS[1]"),
+    ("resv_create", K, ["r1", "t", "-1", "", "", "0", "", ""], "capacity"),
+    ("resv_create", K, ["r1", "t", "1", "", "", "maybe", "", ""], "waitlist_enabled"),
+    ("resv_create", K, ["r1", "t", "1", "5", "4", "0", "", ""], "opens_at"),
+    ("resv_create", K, ["r1", "t", "1", "", "", "0", "0", ""], "max_per_request"),
+    ("resv_create", K, ["r1", "", "1", "", "", "0", "", ""], "type"),
+    ("resv_create", K, ["r1", "t", "1"], "arguments"),
+    ("resv_configure", K, ["r1", "1", "capacity"], "pairs"),
+    ("resv_configure", K, ["r1", "1"], "pairs"),
+    ("resv_configure", K, ["r1", "x", "capacity", "3"], "expected_version"),
+    ("resv_configure", K, ["r1", "1", "colour", "red"], "unknown rule"),
+    ("resv_configure", K, ["r1", "1", "capacity", "3", "state", "HALF"], "state"),
+    ("resv_configure", K, ["r1", "1", "opens_at", "9", "closes_at", "3"], "opens_at"),
+    ("resv_open", K, ["r1"], "arguments"),
+    ("resv_cancel", K, ["r1"], "arguments"),
+    ("resv_cancel", K, ["r1", ""], "reservation_id"),
+    ("resv_wl_join", K, ["r1", "al", "0"], "quantity"),
+    ("resv_wl_join", K, ["r1", "al"], "arguments"),
+    ("resv_wl_leave", K, ["r1", "\xff\xfe"], "entry_id"),
+    ("resv_resource", K[:3], ["r1"], "keys"),
+]
+
+
+@pytest.mark.parametrize("fn, ks, args, mentions", CASES)
+def test_malformed_call_is_refused_without_any_write(r, fn, ks, args, mentions):
+    before = snapshot(r)
+    with pytest.raises(redis.ResponseError) as err:
+        call(r, fn, ks, *args)
+    message = str(err.value)
+    assert message.startswith("BAD_ARGUMENT"), message
+    assert mentions in message
+    assert snapshot(r) == before
+
+
+def test_binary_garbage_arguments(r):
+    before = snapshot(r)
+    for junk in (b"\x00", b"\xff" * 300, b"\n\r", "é".encode()):
+        with pytest.raises(redis.ResponseError):
+            call(r, "resv_reserve", K + [GOOD_REQ], "r1", junk, "1", "q")
+        with pytest.raises(redis.ResponseError):
+            call(r, "resv_wl_join", K, "r1", "al", junk)
+    assert snapshot(r) == before
