@@ -1,5 +1,6 @@
 # Everything runs from the project's own .venv, (re)installed only when
 # pyproject.toml changes (stamp file), so `make test` is cheap when nothing did.
+# `make test ARGS="-k embedded -x"` passes extra arguments to pytest.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -20,7 +21,7 @@ run: $(STAMP)
 	$(VENV)/bin/resv demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)
 
 bench-engine: $(STAMP)
 	$(PY) -m benchmarks.engine

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 __all__ = [
-    "BACKENDS",
+    "BACKEND_NAMES",
     "EmbeddedRedis",
     "ServerStartError",
     "backend_binary",
@@ -179,7 +179,7 @@ def find_redis_server_binary(candidates: Sequence[str | None] | None = None) -> 
     return None
 
 
-BACKENDS = ("valkey", "redis")
+BACKEND_NAMES = ("valkey", "redis")
 
 
 def backend_binary(backend: str) -> str:
@@ -190,7 +190,7 @@ def backend_binary(backend: str) -> str:
         if path := find_redis_server_binary():
             return path
         raise FileNotFoundError("no redis-server >= 7.0 found")
-    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKEND_NAMES}")
 
 
 # ---------------------------------------------------------------- server

@@ -8,6 +8,7 @@ to run the suite against external servers instead.
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -18,8 +19,18 @@ import redis
 from archiver.embedded_pg import EmbeddedPostgres
 from engine.embedded import EmbeddedRedis, backend_binary, find_redis_server_binary
 
-# Valkey ships with the project; redis-server only where the machine has >= 7.0.
-AVAILABLE_BACKENDS = ["valkey"] + (["redis"] if find_redis_server_binary() else [])
+__all__ = ["BACKENDS", "backend_binary"]
+
+# Backends available here (tests may import this and backend_binary from
+# tests.conftest): valkey ships with the project; redis-server only where the
+# machine has one >= 7.0.
+BACKENDS = ["valkey"] + (["redis"] if find_redis_server_binary() else [])
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # SIGTERM (a CI timeout, `kill`) would end Python without fixture
+    # finalizers or atexit hooks, leaving servers behind; treat it as Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
@@ -32,7 +43,7 @@ def redis_server() -> Iterator[Any]:
         yield server
 
 
-@pytest.fixture(scope="session", params=AVAILABLE_BACKENDS)
+@pytest.fixture(scope="session", params=BACKENDS)
 def redis_backend(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
     """A started server per available backend, for conformance tests."""
     with EmbeddedRedis(backend_binary(request.param)) as server:
