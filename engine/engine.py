@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import keys
+from engine.durability import DurabilityError, check_durability
 from engine.errors import EngineError, translate
 from engine.library import ensure_library
 from engine.pipeline import Pipeliner
@@ -54,10 +55,21 @@ class Engine:
         # Definition changes are not idempotent (a retried create would report
         # ALREADY_EXISTS): they go through a client that never retries.
         self._admin = _client(url, settings, 0, 4)
-        self._pipe = Pipeliner(self.redis, self.load_library)
+        self._pipe = Pipeliner(self.redis, self.load_library, wait_replicas=settings.wait_replicas,
+                               wait_timeout_ms=settings.wait_timeout_ms)
 
     async def start(self) -> None:
         await self.load_library()
+
+    async def check_durability(self) -> dict[str, str]:
+        """Raises DurabilityError under the strict profile when the server
+        does not fsync every write before replying (docs/guarantees.md)."""
+        try:
+            return await check_durability(self.redis, self.settings.durability)
+        except DurabilityError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
 
     async def load_library(self) -> bool:
         try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from redis import exceptions as redis_errors
 
 
@@ -17,6 +19,16 @@ class EngineUnavailable(EngineError):
     """The server could not be reached, timed out, or refused for lack of
     memory. For a commit, the outcome may be unknown: retry with the same
     request id, which can never book twice."""
+
+
+class NotReplicated(EngineUnavailable):
+    """The decision was made and recorded, but fewer replicas than
+    RESV_WAIT_REPLICAS acknowledged it in time. `reply` is the raw decision;
+    a retry with the same request id returns it."""
+
+    def __init__(self, reply: Any, acked: Any, wanted: int) -> None:
+        super().__init__(f"decision recorded but acknowledged by {acked} of {wanted} replicas")
+        self.reply = reply
 
 
 # One generic message per public code: clients see this, operators see reason.

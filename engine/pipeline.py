@@ -15,9 +15,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.errors import is_missing_function
+from engine.errors import NotReplicated, is_missing_function
 
 Command = tuple[Any, ...]
+
+# Functions that write: only they wait for replicas.
+READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_version"})
 
 
 class Pipeliner:
@@ -26,8 +29,11 @@ class Pipeliner:
         redis: Redis,
         on_missing_function: Callable[[], Awaitable[Any]],
         max_batch: int = 512,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
+        self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._reload = on_missing_function
         self._max_batch = max_batch
         self._pending: list[tuple[Command, asyncio.Future]] = []
@@ -77,6 +83,8 @@ class Pipeliner:
                 future.set_result(result)
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
+        if self._wait and any(c[1] not in READ_FUNCTIONS for c in commands):
+            return await self._execute_and_wait(commands)
         if len(commands) == 1:
             try:
                 return [await self._redis.execute_command(*commands[0])]
@@ -88,6 +96,22 @@ class Pipeliner:
             for command in commands:
                 pipe.execute_command(*command)
             return await pipe.execute(raise_on_error=False)
+
+    async def _execute_and_wait(self, commands: list[Command]) -> list[Any]:
+        """WAIT on the same connection right after the batch: it counts the
+        replicas that acknowledged every write the batch made."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            pipe.execute_command(*self._wait)
+            *results, acked = await pipe.execute(raise_on_error=False)
+        if isinstance(acked, int) and acked >= self._wait[1]:
+            return results
+        return [
+            NotReplicated(result, acked, self._wait[1])
+            if c[1] not in READ_FUNCTIONS and not isinstance(result, Exception) else result
+            for c, result in zip(commands, results)
+        ]
 
     async def aclose(self) -> None:
         if self._tasks:

@@ -23,6 +23,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     out. Safe because commits are idempotent on their request id."""
     max_connections: int = 64
     """RESV_REDIS_MAX_CONNECTIONS: connection pool size per process."""
+    durability: str = "strict"
+    """RESV_DURABILITY: strict (refuse to start unless the server fsyncs every
+    write before replying) or relaxed (start with a warning)."""
+    wait_replicas: int = 0
+    """RESV_WAIT_REPLICAS: a commit is answered only after this many replicas
+    acknowledged it (WAIT); 0 disables."""
+    wait_timeout_ms: int = 500
+    """RESV_WAIT_TIMEOUT_MS: how long to wait for those replicas."""
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -50,4 +58,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             socket_timeout=num("RESV_REDIS_TIMEOUT_S", 1.0, float),
             retries=num("RESV_REDIS_RETRIES", 2),
             max_connections=num("RESV_REDIS_MAX_CONNECTIONS", 64) or 64,
+            durability=env.get("RESV_DURABILITY") or "strict",
+            wait_replicas=num("RESV_WAIT_REPLICAS", 0),
+            wait_timeout_ms=num("RESV_WAIT_TIMEOUT_MS", 500) or 500,
         )
