@@ -1,0 +1,148 @@
+"""Fuzz the Lua entry points directly with random and hostile arguments.
+
+Each call either gets an error reply, and then the keyspace (streams included)
+is byte for byte unchanged, or a well-formed decision, and then the state's
+invariants hold: reserved <= capacity, reserved equals the confirmed
+bookings, the per-client totals match, the waiting list holds exactly the
+WAITING entries.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import redis
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from engine import keys
+from engine.library import library_source
+from tests.support import PARTITIONS, create, rkeys, snapshot
+
+FUNCTIONS = ["resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
+             "resv_wl_join", "resv_wl_leave", "resv_resource", "resv_reservation", "resv_wl_position"]
+RIDS = ["f1", "f2"]
+
+hostile = st.one_of(
+    st.sampled_from(["", "0", "-1", "1", "2", "3", "nan", "NaN", "inf", "-inf", "1e309", "0x10", " 1",
+                     "1.0", "9" * 40, "-0", "OPEN", "CLOSED", "capacity", "state", "max_per_client",
+                     "opens_at", "closes_at", "waitlist_enabled", "true", "f1", "f1~1", "f1~w1",
+                     "f2~1", "al", "{p1}", "resv:{p1}:res:f1", "\x00", "\xff", "a b", "x" * 200]),
+    st.binary(max_size=40),
+    st.text(max_size=20),
+    st.integers(-2**63, 2**63).map(str),
+)
+
+
+def valid_keys(rid: str, fn: str, args: list) -> list[str]:
+    ks = rkeys(rid)
+    if fn == "resv_reserve":
+        rq = args[3] if len(args) > 3 and isinstance(args[3], str) else "q"
+        ks.append(keys.request_key(rid, rq, PARTITIONS))
+    return ks
+
+
+small = st.integers(-1, 4).map(str)
+client = st.sampled_from(["al", "bo", "cy"])
+ids = st.sampled_from(["f1~1", "f1~2", "f1~3", "f2~1", "f1~w1", "f1~w2", "f1~w4", "f2~w2", "nope"])
+PLAUSIBLE = {
+    "resv_create": st.tuples(st.just("t"), small, st.just(""), st.just(""), st.sampled_from("01"),
+                             st.sampled_from(["", "2"]), st.sampled_from(["", "3"])),
+    "resv_configure": st.tuples(small, st.sampled_from(["capacity", "state", "max_per_client",
+                                                       "waitlist_enabled"]),
+                                st.sampled_from(["0", "1", "3", "5", "OPEN", "CLOSED", ""])),
+    "resv_open": st.tuples(small),
+    "resv_close": st.tuples(small),
+    "resv_reserve": st.tuples(client, small, st.sampled_from(["q1", "q2", "q3", "q4", "q5"])),
+    "resv_cancel": st.tuples(ids),
+    "resv_wl_join": st.tuples(client, small),
+    "resv_wl_leave": st.tuples(ids),
+    "resv_resource": st.tuples(),
+    "resv_reservation": st.tuples(ids),
+    "resv_wl_position": st.tuples(ids),
+}
+
+
+@st.composite
+def calls(draw):
+    fn = draw(st.sampled_from(FUNCTIONS))
+    rid = draw(st.sampled_from(RIDS * 4 + ["", "ghost", "f1 "]))
+    if draw(st.booleans()):
+        args = [rid] + list(draw(PLAUSIBLE[fn]))
+    else:
+        args = [rid] + draw(st.lists(hostile, max_size=9))
+    mode = draw(st.sampled_from(["valid"] * 12 + ["other_slot", "short", "extra", "swapped"]))
+    ks = valid_keys(rid if rid in RIDS else "f1", fn, args)
+    if mode == "other_slot":
+        other = next(rkeys(f"o{i}") for i in range(100) if rkeys(f"o{i}")[5] != rkeys("f1")[5])
+        i = draw(st.integers(0, 5))
+        ks[i] = other[i]
+    elif mode == "short":
+        ks = ks[: draw(st.integers(0, len(ks) - 1))]
+    elif mode == "extra":
+        ks = ks + ["resv:{p0}:junk"]
+    elif mode == "swapped":
+        ks[0], ks[1] = ks[1], ks[0]
+    return fn, ks, args
+
+
+def check_invariants(r: redis.Redis) -> None:
+    for rid in RIDS:
+        res, bk, cl, wl, we, _ = rkeys(rid)
+        if not r.exists(res):
+            continue
+        capacity, reserved = int(r.hget(res, "capacity")), int(r.hget(res, "reserved"))
+        assert 0 <= reserved <= capacity
+        bookings = [json.loads(v) for v in r.hvals(bk)]
+        confirmed = [b for b in bookings if b["status"] == "CONFIRMED"]
+        assert reserved == sum(int(b["quantity"]) for b in confirmed)
+        per_client: dict[str, int] = {}
+        for b in confirmed:
+            per_client[b["client_id"]] = per_client.get(b["client_id"], 0) + int(b["quantity"])
+        assert {k: int(v) for k, v in r.hgetall(cl).items()} == per_client
+        entries = {k[2:]: json.loads(v) for k, v in r.hgetall(we).items() if k.startswith("e:")}
+        waiting = {eid for eid, e in entries.items() if e["status"] == "WAITING"}
+        assert set(r.zrange(wl, 0, -1)) == waiting
+
+
+@pytest.fixture(scope="module")
+def fuzz_redis(redis_server):
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    yield r
+    r.close()
+
+
+def test_fuzz_lua_entry_points(fuzz_redis):
+    r = fuzz_redis
+    r.flushall()
+    r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+    create(r, "f1", 3, waitlist=True, max_per_client="2")
+    create(r, "f2", 1)
+    counts = {"error": 0, "decision": 0}
+
+    @settings(max_examples=2000, deadline=None, database=None,
+              suppress_health_check=list(HealthCheck))
+    @given(calls())
+    def one_call(call):
+        fn, ks, args = call
+        before = snapshot(r)
+        try:
+            reply = r.execute_command("FCALL", fn, len(ks), *ks, *args)
+        except redis.ResponseError as err:
+            assert str(err).startswith(("BAD_ARGUMENT", "ERR")), err
+            assert "attempt to" not in str(err) and "nil" not in str(err), err  # no Lua runtime errors
+            assert snapshot(r) == before
+            counts["error"] += 1
+            return
+        assert isinstance(reply, list)
+        if reply and fn not in ("resv_resource", "resv_reservation", "resv_wl_position"):
+            d = dict(zip(reply[::2], reply[1::2]))
+            assert d["decision"] in ("CONFIRMED", "REJECTED")
+            if d["decision"] == "REJECTED":
+                assert d["code"] in ("RESOURCE_FULL", "RESOURCE_CLOSED", "INVALID_STATE")
+            counts["decision"] += 1
+        check_invariants(r)
+
+    one_call()
+    # the fuzzer must exercise both sides, or it proves little
+    assert counts["error"] > 500 and counts["decision"] > 100, counts
