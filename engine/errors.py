@@ -42,6 +42,8 @@ _UNAVAILABLE = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
+    redis_errors.OutOfMemoryError,  # functions declare flags: refused before running
+    redis_errors.ReadOnlyError,
     OSError,
 )
 
@@ -55,11 +57,11 @@ def translate(exc: BaseException) -> EngineError:
     if isinstance(exc, EngineError):
         return exc
     if isinstance(exc, _UNAVAILABLE):
-        return EngineUnavailable(f"{type(exc).__name__}: {exc}")
+        return EngineUnavailable(f"{type(exc).__name__}: {exc}")  # class names the cause (OOM...)
     message = str(exc)
     if isinstance(exc, redis_errors.ResponseError):
         if message.startswith("BAD_ARGUMENT"):
             return BadArgument(message.removeprefix("BAD_ARGUMENT").strip())
-        if message.startswith(("OOM", "BUSY", "READONLY", "MASTERDOWN", "NOREPLICAS", "LOADING")):
+        if message.startswith(("BUSY", "MASTERDOWN", "NOREPLICAS", "CLUSTERDOWN", "TRYAGAIN")):
             return EngineUnavailable(message)
     return EngineError(f"{type(exc).__name__}: {message}")
