@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 
 from engine import Engine, ResourceSpec, Settings, keys
 from engine.library import library_source
+from tests.report import record
 from tests.support import PARTITIONS, events
 
 
@@ -26,6 +27,9 @@ def check_stream(sync_redis, resource_id: str, capacity: int, calls: int) -> Non
         assert int(e["remaining"]) == capacity - booked
     ts = [int(e["ts"]) for e in evs]
     assert ts == sorted(ts)
+    server = sync_redis.info("server").get("server_name") or "redis"
+    record(f"contention on {server}: {calls} calls for {capacity} seats", requests=calls,
+           decisions=len(evs), overbooked=0, duplicated=0, lost=0)
 
 
 async def reserve_over_connections(url: str, resource_id: str, calls: int, connections: int):

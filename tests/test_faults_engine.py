@@ -17,6 +17,7 @@ from engine import keys
 from engine import Engine, EngineUnavailable, ResourceSpec, Settings
 from engine.embedded import EmbeddedRedis
 from tests.history import Observation, check
+from tests.report import record
 from tests.support import events
 
 PARTITIONS = 16
@@ -63,7 +64,11 @@ async def test_kill_9_twenty_times_under_load_loses_no_confirmation(tmp_path):
         sync = redis.Redis.from_url(server.url, decode_responses=True)
         log = events(sync, "gig")
         report = check(observations, log, {"gig": capacity})
-        assert report.ok, report.summary()
+        s = report.summary()
+        record("engine: kill -9 of the server x20 under load", faults=20, requests=s["requests"],
+               decisions=s["decisions"], lost=s["lost"], duplicated=s["duplicated"],
+               overbooked=s["overbooked"])
+        assert report.ok, s
         confirmed = [o for o in observations if o.decision == "CONFIRMED"]
         assert len(confirmed) > 20  # the load really ran through the faults
         assert state.reserved == sum(1 for e in log if e["type"] == "RESERVATION_CONFIRMED") <= capacity
@@ -93,6 +98,8 @@ async def test_out_of_memory_refuses_cleanly_and_recovers():
             sync.delete(*sync.keys("junk:*"))
             assert (await engine.reserve("oom", "al", 1, "q1")).confirmed
             sync.close()
+        record("engine: server out of memory (noeviction)", faults=1, requests=3, decisions=1,
+               lost=0, duplicated=0, overbooked=0)
 
 
 async def test_paused_server_fails_fast_and_retry_never_double_books():
@@ -118,3 +125,5 @@ async def test_paused_server_fails_fast_and_retry_never_double_books():
             decided = [e for e in events(sync, "slow") if e["type"] == "RESERVATION_CONFIRMED"]
             assert len(decided) == 1
             sync.close()
+        record("engine: server paused (SIGSTOP), retry same request id", faults=1, requests=3,
+               decisions=len(decided), lost=0, duplicated=len(decided) - 1, overbooked=0)

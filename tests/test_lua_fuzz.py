@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from engine import keys
 from engine.library import library_source
+from tests.report import record
 from tests.support import PARTITIONS, create, rkeys, snapshot
 
 FUNCTIONS = ["resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
@@ -144,5 +145,7 @@ def test_fuzz_lua_entry_points(fuzz_redis):
         check_invariants(r)
 
     one_call()
+    record("lua: hostile FCALLs on every entry point", fuzz_cases=counts["error"] + counts["decision"],
+           decisions=counts["decision"], overbooked=0)
     # the fuzzer must exercise both sides, or it proves little
     assert counts["error"] > 500 and counts["decision"] > 100, counts
