@@ -313,7 +313,8 @@ end
           max_per_client ('' clears an optional rule)
   Returns: type RULES_CHANGED, decision CONFIRMED, the new version and rules;
   or RULES_REJECTED, REJECTED, INVALID_STATE with reason UNKNOWN_RESOURCE,
-  VERSION_MISMATCH or CAPACITY_BELOW_RESERVED (capacity may never go below what
+  VERSION_MISMATCH or CAPACITY_BELOW_RESERVED, plus expected_version and
+  requested (the field/value pairs asked for, as a JSON array) (capacity may never go below what
   is reserved). Raising capacity of an OPEN resource notifies waiting entries
   that fit in the added capacity (WAITLIST_NOTIFIED events).
 ]]
@@ -333,11 +334,16 @@ local function configure(keys, args)
   end
   local now = server_now()
   local r = load_resource(K)
+  local requested = {}
+  for i = 3, #args do requested[#requested + 1] = args[i] end
   local function reject(reason, cur)
+    -- the request itself is logged (as JSON: '' clears a rule), so a replay
+    -- re-issues exactly what was refused
     local ev = {'type', 'RULES_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', reason, 'resource_id', rid, 'ts', fmt(now),
                 'version', cur and fmt(cur.version) or '',
-                'remaining', cur and fmt(cur.capacity - cur.reserved) or ''}
+                'remaining', cur and fmt(cur.capacity - cur.reserved) or '',
+                'expected_version', fmt(expected), 'requested', cjson.encode(requested)}
     emit(K, ev)
     return ev
   end
@@ -402,7 +408,8 @@ end
   INSUFFICIENT_CAPACITY otherwise).
   Returns: type RESERVATION_CONFIRMED|RESERVATION_REJECTED, decision, code,
   reason, resource_id, client_id, quantity, request_id, reservation_id (when
-  confirmed), ts (= confirmed_at), version, remaining, replayed (0|1).
+  confirmed), ts (= confirmed_at), version, remaining, idempotency_ttl_ms
+  (when the decision is remembered), replayed (0|1).
   A confirmation also fulfils the client's active waiting-list entry
   (WAITLIST_FULFILLED event). Decisions, rejections included, are remembered
   under the request id for the ttl.
@@ -434,7 +441,8 @@ local function reserve(keys, args)
                 'reason', reason, 'resource_id', rid, 'client_id', client,
                 'quantity', fmt(qty), 'request_id', request_id, 'ts', fmt(now),
                 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+                'remaining', r and fmt(r.capacity - r.reserved) or '',
+                'idempotency_ttl_ms', record and fmt(ttl) or ''}
     if record then
       redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
     end
@@ -497,7 +505,8 @@ local function reserve(keys, args)
               'reason', 'CONFIRMED', 'resource_id', rid, 'client_id', client,
               'quantity', fmt(qty), 'request_id', request_id,
               'reservation_id', reservation_id, 'ts', fmt(now),
-              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)}
+              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved),
+              'idempotency_ttl_ms', fmt(ttl)}
   redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
   emit(K, ev)
   if entry then

@@ -1,0 +1,327 @@
+"""Re-deriving logged decisions with the same Lua, on a scratch server.
+
+The library is loaded as is, except its clock: the text between the
+`-- @clock-begin` and `-- @clock-end` markers becomes a `server_now()` that
+reads the recorded time from the key `resv:replay:clock`. Each logged
+decision's call is re-issued at its recorded time, in stream order per
+partition, and everything the call appends to the scratch stream is compared
+with what was logged: the decision itself and its consequences
+(WAITLIST_NOTIFIED, WAITLIST_FULFILLED, which are compared, never re-issued).
+
+Idempotency records: the replay passes the longest ttl the Lua accepts and
+expires each record itself at the recorded time (set time + ttl), so a retry
+that came after the record expired is decided afresh, as it was.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from archiver.store import parse_int
+from archiver.timeline import TimelineEvent
+from engine.embedded import EmbeddedRedis
+from engine.keys import prefix, stream_key
+
+CLOCK_KEY = "resv:replay:clock"
+CLOCK_BEGIN = "-- @clock-begin"
+CLOCK_END = "-- @clock-end"
+REPLAY_CLOCK = f"""{CLOCK_BEGIN}
+local function server_now()
+  return tonumber(redis.call('GET', '{CLOCK_KEY}'))
+end
+{CLOCK_END}"""
+
+CONSEQUENCES = frozenset({"WAITLIST_NOTIFIED", "WAITLIST_FULFILLED"})
+MAX_TTL_MS = 365 * 86_400_000  # the longest idempotency ttl resv_reserve accepts
+RULES = ("type", "capacity", "state", "opens_at", "closes_at", "waitlist_enabled",
+         "max_per_request", "max_per_client")
+# Columns of `events` compared with the replayed entry (as parsed from it).
+COMPARED_COLUMNS = ("type", "decision", "code", "reason", "resource_id", "client_id", "quantity",
+                    "request_id", "reservation_id", "entry_id", "version", "remaining", "ts")
+PIPELINE_CALLS = 500
+
+
+def replay_source(source: str) -> str:
+    """The library with its clock replaced; refuses a source without markers."""
+    begin, end = source.find(CLOCK_BEGIN), source.find(CLOCK_END)
+    if begin < 0 or end < begin:
+        raise ValueError(f"the Lua library has no {CLOCK_BEGIN} ... {CLOCK_END} block")
+    return source[:begin] + REPLAY_CLOCK + source[end + len(CLOCK_END):]
+
+
+class Mismatch(msgspec.Struct, frozen=True):
+    partition: int
+    stream_id: str | None
+    event_type: str | None
+    what: str
+
+    def __str__(self) -> str:
+        where = f"p{self.partition} {self.stream_id}" if self.stream_id else f"p{self.partition}"
+        return f"{where} {self.event_type or '-'}: {self.what}"
+
+
+class Call(msgspec.Struct, frozen=True):
+    """A logged decision, its consequences, and the call that re-issues it."""
+
+    events: list[TimelineEvent]
+    function: str | None
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    expire_first: tuple[str, ...] = ()
+    inferred: bool = False
+    """Inputs inferred from the outcome (the event lacks them): see `_rejected_configure`."""
+    problem: str | None = None
+    """Why the group cannot be re-issued (function is None)."""
+
+
+class ScratchServer:
+    """A private server (AOF off) running the library with the replay clock."""
+
+    def __init__(self, source: str) -> None:
+        self.source = replay_source(source)
+        self.server = EmbeddedRedis(extra_args=("--appendonly", "no"))
+        self.redis: Redis | None = None
+
+    async def __aenter__(self) -> ScratchServer:
+        self.server.start()
+        self.redis = Redis.from_url(self.server.url, decode_responses=True)
+        await self.redis.execute_command("FUNCTION", "LOAD", "REPLACE", self.source)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.server.close()
+
+
+def resource_keys_at(partition: int, rid: str) -> tuple[str, ...]:
+    """The six resource keys in a given partition (the logged one)."""
+    p = prefix(partition)
+    return (f"{p}res:{rid}", f"{p}bk:{rid}", f"{p}cl:{rid}", f"{p}wl:{rid}", f"{p}we:{rid}", f"{p}events")
+
+
+class Planner:
+    """Turns a partition's logged events, in stream order, into calls.
+
+    Keeps what re-issuing needs from earlier events: each resource's
+    capacity (for a CAPACITY_BELOW_RESERVED rejection that does not say what
+    was asked) and when each idempotency record expires.
+    """
+
+    def __init__(self, idempotency_ttl_ms: int) -> None:
+        self.default_ttl_ms = idempotency_ttl_ms
+        self.capacity: dict[str, int] = {}
+        self.expires: dict[str, int] = {}  # request key -> recorded expiry, us
+
+    def plan(self, partition: int, events: Iterable[TimelineEvent]) -> list[Call]:
+        calls: list[Call] = []
+        group: list[TimelineEvent] = []
+        for event in events:
+            if event.type in CONSEQUENCES and group and group[0].resource_id == event.resource_id:
+                group.append(event)
+                continue
+            if group:
+                calls.append(self._call(partition, group))
+            group = [event]
+        if group:
+            calls.append(self._call(partition, group))
+        return calls
+
+    def _call(self, partition: int, group: list[TimelineEvent]) -> Call:
+        e = group[0]
+        f = e.fields
+        rid = f.get("resource_id", "")
+        ks = resource_keys_at(partition, rid)
+        t = e.type or ""
+        g = lambda name: f.get(name, "")
+
+        def call(function: str, *args: str, keys: tuple[str, ...] = ks, inferred: bool = False,
+                 expire: tuple[str, ...] = ()) -> Call:
+            return Call(events=group, function=function, keys=keys, args=(rid, *args),
+                        expire_first=expire, inferred=inferred)
+
+        if t in CONSEQUENCES:
+            return self._unplayable(group, "a consequence with no decision before it")
+        if not rid:
+            return self._unplayable(group, "no resource_id")
+        if t == "RESOURCE_CREATED":
+            self._rules_seen(f)
+            return call("resv_create", g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
+                        g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"))
+        if t == "RESOURCE_REJECTED":
+            # ALREADY_EXISTS depends on existence only; the attempted rules are not logged.
+            return call("resv_create", "replay", "0", "", "", "0", "", "")
+        if t == "RULES_CHANGED":
+            self._rules_seen(f)
+            version = parse_int(f.get("version")) or 1
+            pairs = [x for rule in RULES for x in (rule, g("resource_type" if rule == "type" else rule))]
+            return call("resv_configure", str(version - 1), *pairs)
+        if t == "RULES_REJECTED":
+            return self._rejected_configure(f, call)
+        if t.startswith("RESERVATION_") and t != "RESERVATION_CANCELLED":
+            return self._reserve(partition, e, call)
+        if t in ("RESERVATION_CANCELLED", "CANCEL_REPLAYED", "CANCEL_REJECTED"):
+            return call("resv_cancel", g("reservation_id"))
+        if t in ("WAITLIST_JOINED", "WAITLIST_JOIN_REPLAYED", "WAITLIST_REJECTED"):
+            return call("resv_wl_join", g("client_id"), g("quantity"))
+        if t in ("WAITLIST_LEFT", "WAITLIST_LEAVE_REPLAYED", "WAITLIST_LEAVE_REJECTED"):
+            return call("resv_wl_leave", g("entry_id"))
+        return self._unplayable(group, f"no call logs a {t or 'typeless'} event")
+
+    @staticmethod
+    def _unplayable(group: list[TimelineEvent], problem: str) -> Call:
+        return Call(events=group, function=None, keys=(), args=(), problem=problem)
+
+    def _rules_seen(self, f: dict[str, str]) -> None:
+        capacity = parse_int(f.get("capacity"))
+        if capacity is not None:
+            self.capacity[f.get("resource_id", "")] = capacity
+
+    def _rejected_configure(self, f: dict[str, str], call) -> Call:
+        """A refused configure logs its outcome, not what was asked. With
+        the request logged (`expected_version`, and `requested`: the
+        field/value pairs as a JSON array) it is re-issued as it was; without,
+        with inputs that reach the same refusal, flagged as inferred."""
+        reason = f.get("reason")
+        version = parse_int(f.get("version"))
+        expected = f.get("expected_version")
+        requested = _pairs(f.get("requested"))
+        if expected is not None and requested:
+            return call("resv_configure", expected, *requested)
+        if reason == "UNKNOWN_RESOURCE":  # refused whatever was asked
+            return call("resv_configure", expected or "0", *(requested or ["state", "OPEN"]))
+        if reason == "VERSION_MISMATCH":
+            stale = expected or str((version or 0) + 1)
+            return call("resv_configure", stale, *(requested or ["state", "OPEN"]), inferred=expected is None)
+        if reason == "CAPACITY_BELOW_RESERVED":
+            capacity = self.capacity.get(f.get("resource_id", ""), 0)
+            reserved = capacity - (parse_int(f.get("remaining")) or 0)
+            return call("resv_configure", expected or str(version or 0),
+                        *(requested or ["capacity", str(max(reserved - 1, 0))]), inferred=not requested)
+        return call("resv_configure", expected or str(version or 0), *(requested or ["state", "OPEN"]),
+                    inferred=True)
+
+    def _reserve(self, partition: int, e: TimelineEvent, call) -> Call:
+        f = e.fields
+        rid, request_id = f.get("resource_id", ""), f.get("request_id", "")
+        req_key = f"{prefix(partition)}req:{rid}:{request_id}"
+        ts = e.ts or 0
+        expire: tuple[str, ...] = ()
+        if req_key in self.expires and self.expires[req_key] <= ts:
+            del self.expires[req_key]
+            expire = (req_key,)
+        # The Lua records the decision under the request id unless it was a
+        # replay or a refused reuse of the id.
+        logged_ttl = parse_int(f.get("idempotency_ttl_ms"))
+        if e.type in ("RESERVATION_CONFIRMED", "RESERVATION_REJECTED") and f.get("reason") != "REQUEST_ID_REUSED":
+            self.expires[req_key] = ts + (logged_ttl or self.default_ttl_ms) * 1000
+        # The logged ttl is passed again (it is part of the logged decision);
+        # the record's real-time expiry never matters, the planner expires it
+        # at the recorded time. Events from before the ttl was logged get the
+        # longest ttl, for the same reason.
+        ttl = str(logged_ttl or MAX_TTL_MS)
+        return call("resv_reserve", f.get("client_id", ""), f.get("quantity", ""), request_id, ttl,
+                    keys=(*resource_keys_at(partition, rid), req_key), expire=expire)
+
+
+async def replay(scratch: Redis, partition: int, calls: list[Call]) -> list[Mismatch]:
+    """Issues the calls in order on the scratch server, pipelined, and
+    compares what each appended to the stream with what was logged."""
+    mismatches: list[Mismatch] = []
+    key = stream_key(partition)
+    last_id = None
+    for start in range(0, len(calls), PIPELINE_CALLS):
+        chunk = calls[start:start + PIPELINE_CALLS]
+        async with scratch.pipeline(transaction=False) as pipe:
+            pipe.xlen(key)
+            for c in chunk:
+                if c.function is None:
+                    continue
+                if c.expire_first:
+                    pipe.delete(*c.expire_first)
+                pipe.set(CLOCK_KEY, str(c.events[0].ts or 0))
+                pipe.execute_command("FCALL", c.function, len(c.keys), *c.keys, *c.args)
+                pipe.xlen(key)
+            replies = await pipe.execute(raise_on_error=False)
+        produced = await scratch.xrange(key, f"({last_id}" if last_id else "-", "+")
+        if produced:
+            last_id = produced[-1][0]
+        i, length, offset = 1, replies[0], 0
+        for c in chunk:
+            if c.function is None:
+                mismatches.append(_mismatch(partition, c.events[0], c.problem or "cannot be replayed"))
+                continue
+            i += 2 if c.expire_first else 1  # DEL, SET
+            reply, new_length = replies[i], replies[i + 1]
+            i += 2
+            appended = [fields for _, fields in produced[offset:offset + new_length - length]]
+            offset += new_length - length
+            length = new_length
+            if isinstance(reply, Exception):
+                mismatches.append(_mismatch(partition, c.events[0], f"the replayed call failed: {reply}"))
+            mismatches += _compare(partition, c.events, appended)
+    return mismatches
+
+
+def _compare(partition: int, logged: list[TimelineEvent], replayed: list[dict[str, str]]) -> list[Mismatch]:
+    out: list[Mismatch] = []
+    for n, event in enumerate(logged):
+        if n < len(replayed):
+            out += _differences(partition, event, replayed[n])
+        else:
+            out.append(_mismatch(partition, event, "logged, but the replay did not produce it"))
+    for fields in replayed[len(logged):]:
+        out.append(_mismatch(partition, logged[0],
+                             f"the replay also produced {_short(fields)}, which is not in the log"))
+    return out
+
+
+def _differences(partition: int, event: TimelineEvent, replayed: dict[str, str]) -> list[Mismatch]:
+    """Every column and every verbatim field that differs."""
+    out: list[Mismatch] = []
+    seen: set[str] = set()
+    logged_columns = {name: getattr(event, name) for name in COMPARED_COLUMNS}
+    for name, value in logged_columns.items():
+        expected = replayed.get(name)
+        if name in ("quantity", "version", "remaining", "ts"):
+            expected_value: Any = parse_int(expected)
+        else:
+            expected_value = expected
+        if value != expected_value:
+            seen.add(name)
+            out.append(_mismatch(partition, event, f"{name}: logged {_show(value)}, replayed {_show(expected_value)}"))
+    for name in sorted(set(event.fields) | set(replayed)):
+        if name in seen:
+            continue
+        a, b = event.fields.get(name), replayed.get(name)
+        if a != b:
+            out.append(_mismatch(partition, event, f"fields.{name}: logged {_show(a)}, replayed {_show(b)}"))
+    return out
+
+
+def _pairs(raw: str | None) -> list[str]:
+    """A logged JSON array of field/value strings; [] when absent or not one."""
+    try:
+        pairs = json.loads(raw) if raw else []
+    except ValueError:
+        return []
+    ok = isinstance(pairs, list) and len(pairs) % 2 == 0 and all(isinstance(x, str) for x in pairs)
+    return pairs if ok else []
+
+
+def _mismatch(partition: int, event: TimelineEvent, what: str) -> Mismatch:
+    who = event.request_id or event.reservation_id or event.entry_id or event.resource_id
+    return Mismatch(partition, event.stream_id, event.type, f"{what} [{who}]" if who else what)
+
+
+def _show(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def _short(fields: dict[str, str]) -> str:
+    return " ".join(f"{k}={fields[k]}" for k in ("type", "decision", "reason", "resource_id") if k in fields)

@@ -1,0 +1,305 @@
+"""A resource's complete, ordered history, and a request's place in it.
+
+The history is PostgreSQL (what the archiver holds) merged with the stream
+entries not archived yet, de-duplicated by stream id and ordered by it, so it
+is complete however far the archiver lags; without PostgreSQL (pool None) it
+is the stream alone, complete as long as no archiver trims it.
+
+Consistency: per partition, first the archived mark M and the stream's last
+id E are read (one MULTI), then the stream from max(cursor, M) to E, then
+PostgreSQL up to E. Every entry below M was in PostgreSQL before M was read;
+an entry at or above M is still in the stream, unless trimmed since, in which
+case it was committed to PostgreSQL before it was trimmed, so before
+PostgreSQL is read. Capping both at E keeps a later page from skipping an
+entry archived out of order.
+
+Used by the operator API (api/ops.py) and `resv timeline`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from archiver.store import columns
+from archiver.streams import archived_marks, next_id, parse_id
+from engine.keys import partition_of, stream_key
+
+MAX_LIMIT = 1000
+_SCAN_CHUNK = 1000  # stream entries read per XRANGE while looking for a resource's
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class InvalidCursor(ValueError):
+    """The `after` cursor is not one this module made."""
+
+
+class AuditUnavailable(RuntimeError):
+    """PostgreSQL could not be read: the history would not be complete."""
+
+
+class TimelineEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
+    """One decision (or consequence) as logged. server_time is ISO-8601 UTC
+    with microseconds; ts the same instant in microseconds since the epoch;
+    fields every field of the stream entry, verbatim."""
+
+    stream_id: str
+    partition: int
+    server_time: str | None
+    ts: int | None
+    type: str | None
+    decision: str | None
+    code: str | None
+    reason: str | None
+    resource_id: str | None
+    client_id: str | None
+    quantity: int | None
+    request_id: str | None
+    reservation_id: str | None
+    entry_id: str | None
+    version: int | None
+    remaining: int | None
+    fields: dict[str, str]
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return parse_id(self.stream_id)
+
+
+class TimelinePage(msgspec.Struct, kw_only=True):
+    resource_id: str
+    events: list[TimelineEvent]
+    next: str | None
+    """Cursor of the following page (pass as `after`); null at the end."""
+
+
+class RequestDecision(msgspec.Struct, kw_only=True):
+    partition: int
+    stream_id: str
+    position: int
+    """1-based rank among the resource's decisions (consequence events such
+    as WAITLIST_NOTIFIED, which decide nothing, are not counted)."""
+    event: TimelineEvent
+
+
+class RequestDecisions(msgspec.Struct, kw_only=True):
+    request_id: str
+    decisions: list[RequestDecision]
+
+
+# ------------------------------------------------------------------ cursors
+
+
+def encode_cursor(stream_id: str) -> str:
+    return base64.urlsafe_b64encode(stream_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        ms, seq = parse_id(raw)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+    if ms < 0 or seq < 0 or raw != f"{ms}-{seq}":
+        raise InvalidCursor(f"invalid cursor {cursor!r}")
+    return raw
+
+
+# ------------------------------------------------------------- conversions
+
+
+def iso_time(ts_us: int | None) -> str | None:
+    if ts_us is None:
+        return None
+    return (_EPOCH + timedelta(microseconds=ts_us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def event_from_entry(partition: int, stream_id: str, fields: dict[str, str]) -> TimelineEvent:
+    """A stream entry, parsed as the archiver parses it into columns."""
+    (ts, type_, decision, code, reason, resource_id, client_id, quantity, request_id,
+     reservation_id, entry_id, version, remaining) = columns(fields)
+    return TimelineEvent(
+        stream_id=stream_id, partition=partition, server_time=iso_time(ts), ts=ts, type=type_,
+        decision=decision, code=code, reason=reason, resource_id=resource_id,
+        client_id=client_id, quantity=quantity, request_id=request_id,
+        reservation_id=reservation_id, entry_id=entry_id, version=version,
+        remaining=remaining, fields=dict(fields),
+    )
+
+
+_SELECT = """
+SELECT partition, stream_id, ts_us, type, decision, code, reason, resource_id, client_id,
+       quantity, request_id, reservation_id, entry_id, version, remaining, fields
+FROM events
+"""
+
+
+def event_from_row(row: tuple[Any, ...]) -> TimelineEvent:
+    (partition, stream_id, ts, type_, decision, code, reason, resource_id, client_id,
+     quantity, request_id, reservation_id, entry_id, version, remaining, fields) = row
+    return TimelineEvent(
+        stream_id=stream_id, partition=partition, server_time=iso_time(ts), ts=ts, type=type_,
+        decision=decision, code=code, reason=reason, resource_id=resource_id,
+        client_id=client_id, quantity=quantity, request_id=request_id,
+        reservation_id=reservation_id, entry_id=entry_id, version=version,
+        remaining=remaining, fields=fields,
+    )
+
+
+# ----------------------------------------------------------------- queries
+
+
+async def resource_timeline(
+    redis: Redis,
+    pool: AsyncConnectionPool | None,
+    resource_id: str,
+    partitions: int,
+    *,
+    after: str | None = None,
+    limit: int = 100,
+) -> TimelinePage:
+    """One page of the resource's history, oldest first. `after` is the
+    `next` cursor of the previous page (None: from the start)."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    after_id = decode_cursor(after) if after else "0-0"
+    p = partition_of(resource_id, partitions)
+    mark, end = (await archived_marks(redis, [p]))[p]
+    if pool is None:
+        mark = "0-0"  # no audit to read: the stream is all there is
+    start = max(parse_id(next_id(after_id)), parse_id(mark))
+    stream_events = await scan_stream(redis, p, f"{start[0]}-{start[1]}", end, limit + 1,
+                                lambda f: f.get("resource_id") == resource_id)
+    archived: list[TimelineEvent] = []
+    if pool is not None and parse_id(after_id) < parse_id(end):
+        archived = await _query(
+            pool,
+            _SELECT + "WHERE resource_id = %s AND (ms, seq) > (%s, %s) AND (ms, seq) <= (%s, %s) "
+            "ORDER BY ms, seq LIMIT %s",
+            (resource_id, *parse_id(after_id), *parse_id(end), limit + 1),
+        )
+    events = merge_events(archived, stream_events)
+    more = len(events) > limit
+    events = events[:limit]
+    return TimelinePage(
+        resource_id=resource_id,
+        events=events,
+        next=encode_cursor(events[-1].stream_id) if more else None,
+    )
+
+
+async def request_decisions(
+    redis: Redis,
+    pool: AsyncConnectionPool | None,
+    request_id: str,
+    partitions: int,
+    *,
+    resource_id: str | None = None,
+) -> RequestDecisions:
+    """Every event logged for this request id (its decision, the replays of
+    a retried request, a rejected reuse), each with its place in its
+    resource's order. Request ids are per resource: give resource_id to look
+    in its partition only (otherwise every partition's unarchived tail is
+    scanned)."""
+    parts = [partition_of(resource_id, partitions)] if resource_id else list(range(partitions))
+    marks = await archived_marks(redis, parts)
+    if pool is None:
+        marks = {p: ("0-0", end) for p, (_, end) in marks.items()}
+
+    def wanted(f: dict[str, str]) -> bool:
+        return f.get("request_id") == request_id and (resource_id is None or f.get("resource_id") == resource_id)
+
+    found: list[TimelineEvent] = []
+    for p, (mark, end) in marks.items():
+        found += await scan_stream(redis, p, mark, end, None, wanted)
+    if pool is not None:
+        sql = _SELECT + "WHERE request_id = %s"
+        args: tuple[Any, ...] = (request_id,)
+        if resource_id:
+            sql += " AND resource_id = %s"
+            args += (resource_id,)
+        archived = [
+            e for e in await _query(pool, sql, args)
+            if e.partition in marks and e.order <= parse_id(marks[e.partition][1])
+        ]
+        found = merge_events(archived, found)
+    decisions = []
+    for event in found:
+        if event.resource_id:
+            position = await _position(redis, pool, event, marks[event.partition][0])
+            decisions.append(RequestDecision(partition=event.partition, stream_id=event.stream_id,
+                                             position=position, event=event))
+    return RequestDecisions(request_id=request_id, decisions=decisions)
+
+
+async def _position(redis: Redis, pool: AsyncConnectionPool | None, event: TimelineEvent, mark: str) -> int:
+    """1-based rank of `event` among its resource's decision events: those
+    below the mark counted in PostgreSQL, the others by stream id, from the
+    stream and from PostgreSQL (an entry may be trimmed meanwhile)."""
+    rid = event.resource_id
+
+    def is_decision(f: dict[str, str]) -> bool:
+        return f.get("resource_id") == rid and "decision" in f
+
+    ids = {e.stream_id for e in await scan_stream(redis, event.partition, mark, event.stream_id, None, is_decision)}
+    below = 0
+    if pool is not None:
+        m = parse_id(mark)
+        rows = await _fetch(
+            pool,
+            "SELECT count(*) FILTER (WHERE (ms, seq) < (%s, %s)), "
+            "       array_agg(stream_id) FILTER (WHERE (ms, seq) >= (%s, %s)) "
+            "FROM events WHERE resource_id = %s AND decision IS NOT NULL AND (ms, seq) <= (%s, %s)",
+            (*m, *m, rid, *event.order),
+        )
+        below, recent = rows[0]
+        ids |= set(recent or ())
+    return below + len(ids)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+async def scan_stream(redis: Redis, partition: int, start: str, end: str, want: int | None, keep) -> list[TimelineEvent]:
+    """Stream entries in [start, end] (end may be "+") whose fields satisfy
+    `keep`, oldest first, stopping once `want` are found."""
+    out: list[TimelineEvent] = []
+    if end == "0-0" or (end != "+" and parse_id(start) > parse_id(end)):
+        return out
+    key = stream_key(partition)
+    cursor = start
+    while True:
+        chunk = await redis.xrange(key, cursor, end, count=_SCAN_CHUNK)
+        for stream_id, fields in chunk:
+            if fields and keep(fields):
+                out.append(event_from_entry(partition, stream_id, fields))
+                if want is not None and len(out) >= want:
+                    return out
+        if len(chunk) < _SCAN_CHUNK:
+            return out
+        cursor = next_id(chunk[-1][0])
+
+
+async def _query(pool: AsyncConnectionPool, sql: str, args: tuple[Any, ...]) -> list[TimelineEvent]:
+    return [event_from_row(row) for row in await _fetch(pool, sql, args)]
+
+
+async def _fetch(pool: AsyncConnectionPool, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    try:
+        async with pool.connection() as conn:
+            cur = await conn.execute(sql, args)
+            return await cur.fetchall()
+    except Exception as exc:
+        raise AuditUnavailable(f"PostgreSQL: {type(exc).__name__}: {exc}") from exc
+
+
+def merge_events(archived: list[TimelineEvent], tail: list[TimelineEvent]) -> list[TimelineEvent]:
+    """Union by (partition, stream id), the archived row winning, in stream order."""
+    by_id = {(e.partition, e.stream_id): e for e in tail}
+    by_id.update({(e.partition, e.stream_id): e for e in archived})
+    return sorted(by_id.values(), key=lambda e: (e.order, e.partition))

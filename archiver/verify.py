@@ -1,0 +1,249 @@
+"""`resv verify [--resource ID]`: replays the audit through the Lua and
+compares every decision, then the final state with live Redis.
+
+The log is PostgreSQL plus the streams' unarchived tails (as the timeline
+reads it), up to each stream's last id when verify starts. Each partition is
+replayed on a scratch server (see replay.py); then, for every resource of
+the log, the scratch server's state (the resource hash, its reservations,
+client totals, waiting list) must equal live Redis. A resource that changed
+after verify read the log is reported as skipped, not as a mismatch.
+Exit status: 0 when nothing differs, 1 otherwise, 2 when the log cannot be
+read (or on a usage error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from archiver.db import open_pool
+from archiver.replay import Mismatch, Planner, ScratchServer, replay, resource_keys_at
+from archiver.settings import ArchiverSettings
+from archiver.streams import archived_marks, next_id, parse_id
+from archiver.timeline import TimelineEvent, event_from_row, merge_events, scan_stream
+from engine.keys import partition_of
+from engine.library import library_source
+from engine.settings import Settings
+
+MAX_PRINTED = 200
+
+
+class VerifyReport(msgspec.Struct, kw_only=True):
+    events: int = 0
+    calls: int = 0
+    inferred: int = 0
+    """Calls whose inputs were inferred from their outcome (see replay.py)."""
+    resources: int = 0
+    """Resources whose final state was compared with live Redis."""
+    skipped: list[str] = []
+    """Resources that changed while verify ran (not compared)."""
+    mismatches: list[Mismatch] = []
+
+    @property
+    def ok(self) -> bool:
+        return not self.mismatches
+
+
+async def verify(
+    live: Redis | None,
+    pool: AsyncConnectionPool | None,
+    partitions: int,
+    *,
+    resource_id: str | None = None,
+    idempotency_ttl_ms: int = 86_400_000,
+) -> VerifyReport:
+    """live: the engine's Redis (decode_responses=True), for the unarchived
+    tails and the final state; None replays PostgreSQL alone. pool: None
+    replays the streams alone (complete only if no archiver trimmed them)."""
+    if live is None and pool is None:
+        raise ValueError("nothing to verify: neither Redis nor PostgreSQL")
+    parts = [partition_of(resource_id, partitions)] if resource_id else list(range(partitions))
+    report = VerifyReport()
+    planner = Planner(idempotency_ttl_ms)
+    async with ScratchServer(library_source()) as scratch:
+        assert scratch.redis is not None
+        marks = await archived_marks(live, parts) if live is not None else {}
+        if live is None:
+            live_ids: dict[int, set[str]] = {}
+        elif resource_id is None:
+            live_ids = await _live_resources(live)
+        else:
+            live_ids = {parts[0]: {resource_id}}
+        for p in parts:
+            mark, end = marks.get(p, ("0-0", None))
+            log = await load_partition(live, pool, p, mark if pool is not None else "0-0", end, resource_id)
+            if not log and not live_ids.get(p):
+                continue
+            calls = planner.plan(p, log)
+            report.events += len(log)
+            report.calls += sum(1 for c in calls if c.function)
+            report.inferred += sum(1 for c in calls if c.inferred)
+            report.mismatches += await replay(scratch.redis, p, calls)
+            if live is not None:
+                resources = {e.resource_id for e in log if e.resource_id} | live_ids.get(p, set())
+                await _compare_state(scratch.redis, live, p, sorted(resources), end or "0-0", report)
+    return report
+
+
+async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, partition: int, mark: str,
+                         end: str | None, resource_id: str | None) -> list[TimelineEvent]:
+    """The partition's log in stream order: PostgreSQL up to `end`, and the
+    stream from `mark` to `end`."""
+    keep = (lambda f: f.get("resource_id") == resource_id) if resource_id else (lambda f: True)
+    tail = await scan_stream(live, partition, mark, end, None, keep) if live is not None and end else []
+    archived: list[TimelineEvent] = []
+    if pool is not None:
+        sql = ("SELECT partition, stream_id, ts_us, type, decision, code, reason, resource_id, client_id, "
+               "quantity, request_id, reservation_id, entry_id, version, remaining, fields "
+               "FROM events WHERE partition = %s")
+        args: list[Any] = [partition]
+        if resource_id:
+            sql += " AND resource_id = %s"
+            args.append(resource_id)
+        if end is not None:
+            sql += " AND (ms, seq) <= (%s, %s)"
+            args += parse_id(end)
+        async with pool.connection() as conn:
+            cur = await conn.execute(sql + " ORDER BY ms, seq", args)
+            archived = [event_from_row(row) for row in await cur.fetchall()]
+    return merge_events(archived, tail)
+
+
+# ------------------------------------------------------------ final state
+
+async def _live_resources(live: Redis) -> dict[int, set[str]]:
+    """The resources live Redis holds, by partition (so one never logged is
+    found too)."""
+    out: dict[int, set[str]] = {}
+    async for key in live.scan_iter(match="resv:{p*}:res:*", count=1000):
+        matched = _RESOURCE_KEY.fullmatch(key)
+        if matched:
+            out.setdefault(int(matched.group(1)), set()).add(matched.group(2))
+    return out
+
+
+_RESOURCE_KEY = re.compile(r"resv:\{p(\d+)\}:res:(.+)")
+
+
+async def _compare_state(scratch: Redis, live: Redis, partition: int, resources: list[str], end: str,
+                         report: VerifyReport) -> None:
+    for rid in resources:
+        ks = resource_keys_at(partition, rid)
+        replayed, current = await _resource_state(scratch, ks), await _resource_state(live, ks)
+        differences = _state_differences(rid, replayed, current)
+        if differences and await _changed_since(live, partition, rid, end):
+            report.skipped.append(rid)
+            continue
+        report.resources += 1
+        report.mismatches += [Mismatch(partition, None, "STATE", d) for d in differences]
+
+
+async def _resource_state(r: Redis, ks: tuple[str, ...]) -> dict[str, Any]:
+    res, bk, cl, wl, we, _ = ks
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(res)
+        pipe.hgetall(bk)
+        pipe.hgetall(cl)
+        pipe.zrange(wl, 0, -1, withscores=True)
+        pipe.hgetall(we)
+        resource, bookings, clients, waiting, entries = await pipe.execute()
+    return {
+        "resource": resource,
+        "reservations": {k: json.loads(v) for k, v in bookings.items()},
+        "client totals": clients,
+        "waiting list": waiting,
+        "waiting entries": {k: json.loads(v) if k.startswith("e:") else v for k, v in entries.items()},
+    }
+
+
+def _state_differences(rid: str, replayed: dict[str, Any], live: dict[str, Any]) -> list[str]:
+    out: list[str] = []
+    if not replayed["resource"] and live["resource"]:
+        return [f"resource {rid}: exists live, absent from the log"]
+    if replayed["resource"] and not live["resource"]:
+        return [f"resource {rid}: in the log, absent from live Redis"]
+    for name in sorted(set(replayed["resource"]) | set(live["resource"])):
+        a, b = replayed["resource"].get(name), live["resource"].get(name)
+        if a != b:
+            out.append(f"resource {rid}: {name} replayed {a}, live {b}")
+    for part, label in (("reservations", "reservation"), ("waiting entries", "waiting entry"),
+                        ("client totals", "client total")):
+        a_map, b_map = replayed[part], live[part]
+        for key in sorted(set(a_map) | set(b_map)):
+            a, b = a_map.get(key), b_map.get(key)
+            if a == b:
+                continue
+            if isinstance(a, dict) and isinstance(b, dict):
+                for field in sorted(set(a) | set(b)):
+                    if a.get(field) != b.get(field):
+                        out.append(f"{label} {key}: {field} replayed {a.get(field)}, live {b.get(field)}")
+            else:
+                out.append(f"{label} {key}: replayed {a}, live {b}")
+    if replayed["waiting list"] != live["waiting list"]:
+        out.append(f"resource {rid}: waiting list replayed {replayed['waiting list']}, live {live['waiting list']}")
+    return out
+
+
+async def _changed_since(live: Redis, partition: int, rid: str, end: str) -> bool:
+    """Whether the resource has events after the log's end."""
+    start = next_id(end) if end != "0-0" else "0-0"
+    events = await scan_stream(live, partition, start, "+", 1, lambda f: f.get("resource_id") == rid)
+    return bool(events)
+
+
+# ------------------------------------------------------------------ command
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--resource", metavar="ID", help="verify this resource only")
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL; none: the streams only)")
+    parser.add_argument("--redis-url", help="live Redis URL (default: $REDIS_URL; none: PostgreSQL only, no state check)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    redis_url = args.redis_url or settings.redis_url
+    database_url = args.database_url or ArchiverSettings.from_env().database_url
+    if not redis_url and not database_url:
+        print("resv verify: set REDIS_URL and/or DATABASE_URL", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_run(redis_url, database_url, settings, args.resource))
+    except (OSError, RedisError, psycopg.Error, PoolTimeout) as exc:
+        print(f"resv verify: cannot read the log: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    for m in report.mismatches[:MAX_PRINTED]:
+        print(f"MISMATCH {m}")
+    if len(report.mismatches) > MAX_PRINTED:
+        print(f"... and {len(report.mismatches) - MAX_PRINTED} more")
+    scope = f"resource {args.resource}" if args.resource else f"{settings.partitions} partitions"
+    print(f"verify: {report.events} events ({scope}), {report.calls} calls re-issued"
+          + (f" ({report.inferred} with inputs inferred from their outcome)" if report.inferred else "")
+          + (f", final state of {report.resources} resources compared" if redis_url else ", no live state compared")
+          + (f", {len(report.skipped)} changed during verify (not compared)" if report.skipped else ""))
+    print(f"{len(report.mismatches)} mismatches")
+    return 0 if report.ok else 1
+
+
+async def _run(redis_url: str | None, database_url: str | None, settings: Settings,
+               resource_id: str | None) -> VerifyReport:
+    live = Redis.from_url(redis_url, decode_responses=True) if redis_url else None
+    pool = await open_pool(database_url, max_size=1) if database_url else None
+    try:
+        return await verify(live, pool, settings.partitions, resource_id=resource_id,
+                            idempotency_ttl_ms=settings.idempotency_ttl_ms)
+    finally:
+        if pool is not None:
+            await pool.close()
+        if live is not None:
+            await live.aclose()
