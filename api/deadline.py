@@ -1,0 +1,61 @@
+"""The request deadline: how long a request may wait for Redis.
+
+The engine's client has socket timeouts and retries, but its total is not
+bounded tightly: an idle connection's health check retries on its own before
+the command does, so a hung server can hold a call for ~10 s. The API bounds
+every engine call at `seconds` (RESV_REQUEST_DEADLINE_S, 3 s) and answers 503
+past it.
+
+`asyncio.timeout` would cost a timer per call (~4 us on the hot path); here
+one sweeper per process, running every `resolution` seconds while calls are
+in flight, cancels the calls past their deadline. All calls have the same
+duration, so a FIFO queue is in deadline order. A call may overrun by up to
+`resolution`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Deadline:
+    def __init__(self, seconds: float, resolution: float = 0.1) -> None:
+        self.seconds = seconds
+        self.resolution = resolution
+        self._queue: deque[list] = deque()  # [deadline, task or None when done, fired]
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def run(self, call: Awaitable[T]) -> T:
+        """Awaits `call`; TimeoutError when it is not done in time. A commit
+        sent meanwhile keeps its request id: a retry with the same
+        Idempotency-Key gets its decision."""
+        task = asyncio.current_task()
+        entry = [time.monotonic() + self.seconds, task, False]
+        self._queue.append(entry)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
+        try:
+            return await call
+        except asyncio.CancelledError:
+            if entry[2] and task is not None and task.uncancel() == 0:
+                raise TimeoutError("engine call past the request deadline") from None
+            raise
+        finally:
+            entry[1] = None
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        queue = self._queue
+        while queue and (queue[0][1] is None or queue[0][0] <= now):
+            entry = queue.popleft()
+            task = entry[1]
+            if task is not None:
+                entry[2] = True
+                task.cancel()
+        self._sweeper = asyncio.get_running_loop().call_later(self.resolution, self._sweep) if queue else None

@@ -1,0 +1,85 @@
+"""Liveness (GET /health, no key) and readiness (GET /ready, operator key).
+
+Readiness checks, each within a short timeout: Redis answers PING; the Lua
+library is loaded (FCALL_RO resv_version; a missing library is loaded again,
+as the engine would on its next call); PostgreSQL, only when DATABASE_URL is
+set, accepts a connection and `SELECT 1`. The body names each check `up`,
+`down` or `not_configured`, never why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from litestar import Controller, Request, Response, get
+from litestar.openapi import ResponseSpec
+
+from api import decisions, docs, oplog
+from api.auth import PUBLIC, operator_only
+from api.schemas import Health, Readiness
+from api.services import services
+from engine import Engine
+
+log = logging.getLogger(oplog.LOGGER)
+
+CHECK_TIMEOUT_S = 2.0
+
+
+async def redis_up(engine: Engine) -> bool:
+    return bool(await engine.redis.ping())
+
+
+async def library_up(engine: Engine) -> bool:
+    try:
+        await engine.redis.execute_command("FCALL_RO", "resv_version", 0)
+        return True
+    except Exception as exc:
+        if "function not found" not in str(exc).lower():
+            raise
+    await engine.load_library()
+    await engine.redis.execute_command("FCALL_RO", "resv_version", 0)
+    return True
+
+
+async def postgres_up(url: str) -> bool:
+    import psycopg  # only when DATABASE_URL is set: the API runs without it
+
+    async with await psycopg.AsyncConnection.connect(url, connect_timeout=int(CHECK_TIMEOUT_S)) as conn:
+        await conn.execute("SELECT 1")
+    return True
+
+
+async def _check(name: str, probe: Any) -> str:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            return "up" if await probe else "down"
+    except Exception as exc:
+        log.warning("readiness check failed", extra={"resv": {"check": name, "error": f"{type(exc).__name__}: {exc}"}})
+        return "down"
+
+
+class HealthController(Controller):
+    tags = ["operations"]
+
+    @get("/health", operation_id="getHealth", opt={PUBLIC: True})
+    async def health(self) -> Health:
+        """Liveness: the process serves requests. Needs no key."""
+        return Health()
+
+    @get("/ready", operation_id="getReadiness", guards=[operator_only], security=docs.SECURED,
+         responses={**docs.errors(403), 503: ResponseSpec(
+             data_container=Readiness, generate_examples=False,
+             description="A dependency is down: `checks` names it (`UNAVAILABLE`).")})
+    async def ready(self, request: Request[Any, Any, Any]) -> Response[Readiness]:
+        """Readiness: 200 when every dependency answers, else 503 naming the
+        ones that do not."""
+        svc = services(request)
+        checks = {"redis": await _check("redis", redis_up(svc.engine))}
+        checks["library"] = await _check("library", library_up(svc.engine)) if checks["redis"] == "up" else "down"
+        url = svc.settings.database_url
+        checks["postgres"] = await _check("postgres", postgres_up(url)) if url else "not_configured"
+        if "down" in checks.values():
+            return decisions.json(Readiness(status="unavailable", checks=checks, error="UNAVAILABLE"), 503)  # type: ignore[return-value,arg-type]
+        return decisions.json(Readiness(status="ready", checks=checks), 200)  # type: ignore[return-value,arg-type]

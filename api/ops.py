@@ -1,0 +1,118 @@
+"""Operator routes over the audit (operator keys): a resource's complete,
+ordered history, and where a request's decision sits in it.
+
+The logic lives in archiver.timeline (shared with `resv timeline`): the
+archived events in PostgreSQL merged with the not-yet-archived stream tail,
+so the history is complete even while the archiver lags, and the stream
+alone when DATABASE_URL is unset.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import psycopg
+from litestar import Controller, Request, get
+from litestar.params import Parameter, QueryParameter
+from psycopg_pool import AsyncConnectionPool
+from redis.exceptions import RedisError
+
+from api import docs
+from api.auth import operator_only
+from api.errors import ApiError
+from api.schemas import PRINTABLE_ID_PATTERN, RESOURCE_ID_PATTERN, ResourceIdParam
+from api.services import services
+from archiver.timeline import (
+    MAX_LIMIT,
+    AuditUnavailable,
+    InvalidCursor,
+    RequestDecisions,
+    TimelinePage,
+    request_decisions,
+    resource_timeline,
+)
+from engine.errors import translate
+
+RequestIdParam = Annotated[str, Parameter(
+    min_length=1, max_length=128, pattern=PRINTABLE_ID_PATTERN,
+    description="The request id a reservation was made with (its Idempotency-Key).")]
+AfterParam = Annotated[str | None, QueryParameter(
+    required=False, max_length=64,
+    description="`next` of the previous page; absent for the first page.")]
+LimitParam = Annotated[int, QueryParameter(
+    ge=1, le=MAX_LIMIT, description=f"Events per page, 1-{MAX_LIMIT}.")]
+ResourceFilterParam = Annotated[str | None, QueryParameter(
+    required=False, min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN,
+    description="The request's resource: looks in its partition only.")]
+
+CONNECT_TIMEOUT_S = 3
+
+
+class OpsController(Controller):
+    path = "/ops"
+    tags = ["operations"]
+    guards = [operator_only]
+    security = docs.SECURED
+
+    @get("/resources/{resource_id:str}/timeline", operation_id="getResourceTimeline",
+         responses=docs.errors(400, 403))
+    async def timeline(self, request: Request[Any, Any, Any], resource_id: ResourceIdParam,
+                       after: AfterParam = None, limit: LimitParam = 100) -> TimelinePage:
+        """Every event of the resource (decisions and their consequences), in
+        commit order (stream id), archived or not yet. Pages with `next`
+        (null on the last page)."""
+        svc = services(request)
+        try:
+            return await resource_timeline(svc.engine.redis, audit_pool(request), resource_id,
+                                           svc.engine.settings.partitions, after=after, limit=limit)
+        except InvalidCursor:
+            raise ApiError(400, "BAD_REQUEST", "query parameter after: not a cursor from a previous page") from None
+        except AuditUnavailable as exc:
+            raise translate(ConnectionError(str(exc))) from exc
+        except (RedisError, OSError) as exc:
+            raise translate(exc) from exc
+
+    @get("/requests/{request_id:str}", operation_id="getRequestDecisions",
+         responses=docs.errors(400, 403, 404))
+    async def request_place(self, request: Request[Any, Any, Any], request_id: RequestIdParam,
+                            resource_id: ResourceFilterParam = None) -> RequestDecisions:
+        """The decision(s) logged under this request id (a retried request
+        also logs its replays), each with its partition, stream id and
+        position among its resource's decisions (1-based)."""
+        svc = services(request)
+        try:
+            found = await request_decisions(svc.engine.redis, audit_pool(request), request_id,
+                                            svc.engine.settings.partitions, resource_id=resource_id)
+        except AuditUnavailable as exc:
+            raise translate(ConnectionError(str(exc))) from exc
+        except (RedisError, OSError) as exc:
+            raise translate(exc) from exc
+        if not found.decisions:
+            raise ApiError(404, "NOT_FOUND")
+        return found
+
+
+def audit_pool(request: Request[Any, Any, Any]) -> AsyncConnectionPool | None:
+    """Where the audit is read: the app's pool when its lifespan owns one
+    (`services.audit_pool`), else one connection per request (operator
+    routes are rare); None when DATABASE_URL is unset."""
+    svc = services(request)
+    if hasattr(svc, "audit_pool"):
+        return svc.audit_pool
+    url = svc.settings.database_url
+    return _ConnectionPerUse(url) if url else None  # type: ignore[return-value]
+
+
+class _ConnectionPerUse:
+    """Stands in for a pool: `connection()` opens a connection and closes it
+    after use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S) as conn:
+            yield conn

@@ -1,0 +1,136 @@
+"""Reservations: the commit (POST), its reading and its cancellation.
+
+Idempotency: `Idempotency-Key` becomes the engine's request id. The Lua
+remembers each request id's decision (24 h by default,
+RESV_IDEMPOTENCY_TTL_MS) and replays it: a retry with the same key and body
+gets the same status and body, whatever happened since; the same key with
+another client_id or quantity is refused (422). Request ids are scoped per
+resource: the same key sent for two resources makes two independent
+requests. Without the header every request gets a fresh random request id
+(128 bits, like a uuid4), and a retry is a new reservation. A request whose outcome is unknown (503
+after the deadline) is safe to retry with the same key; the engine's own
+retries of a lost reply re-send the same request id.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from litestar import Controller, Request, Response, get, post
+from litestar.params import HeaderParameter
+
+from api import decisions, docs, oplog
+from api.bodies import StrictJSON, parse
+from api.errors import ApiError, error_response
+from api.ids import new_request_id
+from api.schemas import RESOURCE_ID, ReservationIdPath, ReservationOut, ReservationRequest
+from api.services import services
+from api.times import iso_from_us, iso_or_none
+from engine import keys
+
+IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,128}")
+"""1-128 printable ASCII characters, no spaces (the Lua's request id rule)."""
+
+_REJECTED = (
+    "Rejected by the engine: `code` is RESOURCE_FULL (not enough left), RESOURCE_CLOSED "
+    "(closed, or outside the booking window) or INVALID_STATE (unknown resource, or a "
+    "per-request or per-client limit)."
+)
+
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        description="1-128 printable ASCII characters without spaces; scoped to the resource. "
+        "A retry with the same key and body returns the original status and body.",
+        schema_extra={"maxLength": 128, "minLength": 1, "pattern": "^[!-~]{1,128}$"},
+    ),
+]
+
+
+def resource_of(reservation_id: str) -> str | None:
+    """The resource a reservation id belongs to, or None when the id cannot
+    name a reservation (then it is unknown: 404)."""
+    resource_id = keys.resource_of_reservation(reservation_id)
+    return resource_id if resource_id is not None and RESOURCE_ID.fullmatch(resource_id) else None
+
+
+class ReservationController(Controller):
+    path = "/reservations"
+    tags = ["clients"]
+    security = docs.SECURED
+
+    @post(
+        operation_id="createReservation",
+        status_code=201,
+        responses=docs.errors(400, 413, 422, rejection=_REJECTED),
+    )
+    async def reserve(
+        self,
+        request: Request[Any, Any, Any],
+        data: StrictJSON[ReservationRequest],
+        idempotency_key: IdempotencyKey = None,
+    ) -> Response[ReservationOut]:
+        """Reserves `quantity` of a resource for a client: confirmed (201) or
+        rejected (409), decided on the real state at server time."""
+        body = parse(ReservationRequest, data)
+        if idempotency_key is None:
+            request_id = new_request_id()
+        elif IDEMPOTENCY_KEY.fullmatch(idempotency_key):
+            request_id = idempotency_key
+        else:
+            raise ApiError(400, "BAD_REQUEST",
+                           "header Idempotency-Key: must be 1-128 printable ASCII characters without spaces")
+        oplog.note(request.scope).request_id = request_id
+        svc = services(request)
+        decision = await svc.within_deadline(
+            svc.engine.reserve(body.resource_id, body.client_id, body.quantity, request_id))
+        decisions.record(request.scope, decision)
+        if decision.decision == "CONFIRMED":
+            return decisions.json(decisions.reservation(decision), 201)  # type: ignore[return-value]
+        if decision.reason == "REQUEST_ID_REUSED":
+            return error_response(422, "IDEMPOTENCY_KEY_REUSED")  # type: ignore[return-value]
+        return decisions.rejection(decision)  # type: ignore[return-value]
+
+    @get("/{reservation_id:str}", operation_id="getReservation", responses=docs.errors(400, 404))
+    async def reservation(self, request: Request[Any, Any, Any], reservation_id: ReservationIdPath) -> ReservationOut:
+        """One reservation, as the engine holds it."""
+        found = None
+        if resource_of(reservation_id) is not None:
+            svc = services(request)
+            found = await svc.within_deadline(svc.engine.reservation(reservation_id))
+        if found is None:
+            raise ApiError(404, "NOT_FOUND")
+        return ReservationOut(
+            reservation_id=found.reservation_id,
+            status=found.status,
+            resource_id=found.resource_id,
+            quantity=found.quantity,
+            client_id=found.client_id,
+            confirmed_at=iso_from_us(found.confirmed_at),
+            cancelled_at=iso_or_none(found.cancelled_at),
+        )
+
+    @post(
+        "/{reservation_id:str}/cancel",
+        operation_id="cancelReservation",
+        status_code=200,
+        responses=docs.errors(400, 404, rejection="The engine refused the cancellation."),
+    )
+    async def cancel(self, request: Request[Any, Any, Any], reservation_id: ReservationIdPath) -> ReservationOut:
+        """Cancels a reservation and frees its quantity (waiting clients that
+        fit are notified). Repeating it returns the same cancellation."""
+        if resource_of(reservation_id) is None:
+            raise ApiError(404, "NOT_FOUND")
+        svc = services(request)
+        decision = await svc.within_deadline(svc.engine.cancel(reservation_id))
+        if decision is None:
+            raise ApiError(404, "NOT_FOUND")
+        decisions.record(request.scope, decision)
+        if decision.decision != "CONFIRMED":
+            if decision.reason == "UNKNOWN_RESERVATION":
+                raise ApiError(404, "NOT_FOUND")
+            return decisions.rejection(decision)  # type: ignore[return-value]
+        return decisions.reservation(decision)

@@ -1,0 +1,270 @@
+"""Wire types of the HTTP API: every request and response body.
+
+Constraints live in the types (reusable `Annotated[..., Meta(...)]` aliases),
+so Litestar validates bodies and parameters with msgspec before a handler
+runs, and the OpenAPI document carries the same rules. Bodies refuse unknown
+fields. Times are ISO-8601 strings in UTC with microseconds (`api.times`).
+
+The id rules mirror the Lua's (lua/resv.lua, `valid_resource_id`,
+`valid_id`): a body the API accepts is never refused as malformed there.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from litestar.params import PathParameter, QueryParameter
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+
+def _whole(char_class: str, low: int, high: int) -> str:
+    # `$` alone also matches before a final newline in Python's re (msgspec
+    # uses re.search); the lookahead refuses that newline. Valid ECMA regex
+    # too, so the OpenAPI pattern means the same thing in every client.
+    return f"^{char_class}{{{low},{high}}}(?!\\n)$"
+
+
+RESOURCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""A resource id, for `fullmatch` where a type cannot check it (parts of ids)."""
+
+MAX_QUANTITY = 1_000_000
+"""API bound on one request's quantity (the Lua allows up to 1e9)."""
+MAX_INT = 1_000_000_000
+"""Capacities and limits: the Lua's bound."""
+
+RESOURCE_ID_PATTERN = _whole("[A-Za-z0-9_.-]", 1, 64)
+PRINTABLE_ID_PATTERN = _whole("[!-~]", 1, 128)
+
+ResourceId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=RESOURCE_ID_PATTERN,
+        description="1-64 characters of [A-Za-z0-9_.-].",
+        examples=["concert-2026-11-24"],
+    ),
+]
+PrintableId = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=128,
+        pattern=PRINTABLE_ID_PATTERN,
+        description="1-128 printable ASCII characters, no spaces.",
+    ),
+]
+ClientId = Annotated[PrintableId, Meta(examples=["customer-42"])]
+ReservationId = Annotated[PrintableId, Meta(examples=["concert-2026-11-24~17"])]
+EntryId = Annotated[PrintableId, Meta(examples=["concert-2026-11-24~w3"])]
+ResourceType = Annotated[
+    str,
+    Meta(min_length=1, max_length=64, pattern=_whole("[!-~]", 1, 64), examples=["meetup"],
+         description="1-64 printable ASCII characters, no spaces (e.g. meetup, table, seat)."),
+]
+Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
+Capacity = Annotated[int, Meta(ge=0, le=MAX_INT)]
+Limit = Annotated[int, Meta(ge=1, le=MAX_INT)]
+Moment = Annotated[datetime, Meta(tz=True, description="ISO-8601 with a timezone, e.g. 2026-11-24T19:00:00Z.")]
+Timestamp = Annotated[
+    str,
+    Meta(extra_json_schema={"format": "date-time"}, examples=["2026-11-24T19:57:12.123456Z"],
+         description="ISO-8601 UTC with microseconds, from the server clock."),
+]
+
+# Query and path parameters: Litestar takes their constraints from the
+# parameter markers, not from msgspec's Meta.
+_RESOURCE_ID_RULES = {"min_length": 1, "max_length": 64, "pattern": RESOURCE_ID_PATTERN,
+                      "description": "1-64 characters of [A-Za-z0-9_.-]."}
+_PRINTABLE_ID_RULES = {"min_length": 1, "max_length": 128, "pattern": PRINTABLE_ID_PATTERN}
+ResourceIdQuery = Annotated[str, QueryParameter(**_RESOURCE_ID_RULES)]
+ResourceIdPath = Annotated[str, PathParameter(**_RESOURCE_ID_RULES)]
+ReservationIdPath = Annotated[str, PathParameter(
+    **_PRINTABLE_ID_RULES, description="As returned when the reservation was confirmed (`<resource_id>~<n>`).")]
+ResourceIdParam = ResourceIdPath  # the name api/ops.py imports
+EntryIdPath = Annotated[str, PathParameter(
+    **_PRINTABLE_ID_RULES, description="As returned when the client joined (`<resource_id>~w<n>`).")]
+
+PublicCode = Literal["RESOURCE_FULL", "RESOURCE_CLOSED", "INVALID_STATE"]
+ErrorCode = Literal[
+    "BAD_REQUEST",
+    "UNAUTHORIZED",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "METHOD_NOT_ALLOWED",
+    "ALREADY_EXISTS",
+    "INVALID_STATE",
+    "IDEMPOTENCY_KEY_REUSED",
+    "VERSION_MISMATCH",
+    "PRECONDITION_REQUIRED",
+    "PAYLOAD_TOO_LARGE",
+    "RATE_LIMITED",
+    "UNAVAILABLE",
+    "INTERNAL",
+]
+
+
+class _In(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    """Request bodies: unknown fields are an error, not silently dropped."""
+
+
+class _Out(Struct, frozen=True, kw_only=True):
+    """Response bodies."""
+
+
+# ------------------------------------------------------------------ errors
+
+
+class ErrorBody(_Out, kw_only=True, omit_defaults=True):
+    error: ErrorCode
+    detail: str | None = None
+    """Which field or header was refused, and why (400 only)."""
+
+
+class Rejection(_Out, kw_only=True):
+    """A decision the engine took against the request (409)."""
+
+    status: Literal["REJECTED"] = "REJECTED"
+    code: PublicCode
+    message: str
+    """One generic message per code; the exact reason is in the operator log."""
+
+
+# ------------------------------------------------------------ availability
+
+
+class Availability(_Out, kw_only=True):
+    resource_id: ResourceId
+    status: Literal["OPEN", "CLOSED", "FULL"]
+    remaining: int
+    as_of: Timestamp
+    """When this was read from the engine; the answer may be cached up to
+    RESV_AVAILABILITY_TTL_MS."""
+
+
+# ------------------------------------------------------------ reservations
+
+
+class ReservationRequest(_In, kw_only=True):
+    resource_id: ResourceId
+    quantity: Quantity
+    client_id: ClientId
+
+
+class ReservationOut(_Out, kw_only=True):
+    reservation_id: ReservationId
+    status: Literal["CONFIRMED", "CANCELLED"]
+    resource_id: ResourceId
+    quantity: int
+    client_id: ClientId
+    confirmed_at: Timestamp
+    cancelled_at: Timestamp | None = None
+
+
+# ----------------------------------------------------------- waiting list
+
+
+class WaitlistJoinRequest(_In, kw_only=True):
+    resource_id: ResourceId
+    client_id: ClientId
+    quantity: Quantity
+
+
+class WaitlistEntryOut(_Out, kw_only=True):
+    entry_id: EntryId
+    resource_id: ResourceId
+    client_id: ClientId
+    quantity: int
+    position: int | None
+    """1-based place in the waiting list while WAITING; null otherwise."""
+    status: Literal["WAITING", "NOTIFIED", "FULFILLED", "LEFT"]
+    joined_at: Timestamp | None = None
+    notified_at: Timestamp | None = None
+
+
+# -------------------------------------------------------------- resources
+
+
+class ResourceCreate(_In, kw_only=True):
+    resource_id: ResourceId
+    type: ResourceType
+    capacity: Capacity
+    opens_at: Moment | None = None
+    """Reservations are accepted from then on."""
+    closes_at: Moment | None = None
+    """Reservations are refused from then on; after opens_at."""
+    waitlist_enabled: bool = False
+    max_per_request: Limit | None = None
+    max_per_client: Limit | None = None
+    """Most a client may hold confirmed in total."""
+
+
+class ResourcePatch(_In, kw_only=True):
+    """Any of the rules, or the state. An absent field is left as it is;
+    null clears an optional rule (opens_at, closes_at, max_per_request,
+    max_per_client)."""
+
+    type: ResourceType | UnsetType = UNSET
+    capacity: Capacity | UnsetType = UNSET
+    state: Literal["OPEN", "CLOSED"] | UnsetType = UNSET
+    opens_at: Moment | None | UnsetType = UNSET
+    closes_at: Moment | None | UnsetType = UNSET
+    waitlist_enabled: bool | UnsetType = UNSET
+    max_per_request: Limit | None | UnsetType = UNSET
+    max_per_client: Limit | None | UnsetType = UNSET
+
+
+class ResourceCreated(_Out, kw_only=True):
+    resource_id: ResourceId
+    type: str
+    capacity: int
+    reserved: int
+    remaining: int
+    state: Literal["OPEN", "CLOSED"]
+    version: int
+    opens_at: Timestamp | None
+    closes_at: Timestamp | None
+    waitlist_enabled: bool
+    max_per_request: int | None
+    max_per_client: int | None
+    created_at: Timestamp
+
+
+class ResourceState(_Out, kw_only=True):
+    """The resource as the engine holds it (never from a cache)."""
+
+    resource_id: ResourceId
+    type: str
+    capacity: int
+    reserved: int
+    remaining: int
+    state: Literal["OPEN", "CLOSED"]
+    """What the operator set."""
+    status: Literal["OPEN", "CLOSED", "FULL"]
+    """What clients see now: CLOSED also outside the booking window."""
+    version: int
+    opens_at: Timestamp | None
+    closes_at: Timestamp | None
+    waitlist_enabled: bool
+    max_per_request: int | None
+    max_per_client: int | None
+    waitlist_length: int
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+
+
+# ---------------------------------------------------------------- health
+
+
+class Health(_Out, kw_only=True):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(_Out, kw_only=True, omit_defaults=True):
+    status: Literal["ready", "unavailable"]
+    checks: dict[str, Literal["up", "down", "not_configured"]]
+    """redis (PING), library (the Lua functions loaded), postgres (only
+    when DATABASE_URL is set)."""
+    error: Literal["UNAVAILABLE"] | None = None

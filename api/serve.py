@@ -1,0 +1,118 @@
+"""`resv serve --host H --port P [--workers N]`: the HTTP API under uvicorn.
+
+Settings come from the environment (`api.settings.ApiSettings`); they are
+checked here, before any worker starts, so a missing key or Redis URL stops
+the command with a message instead of a crash loop. With N > 1 uvicorn runs
+N worker processes on one socket, each building its app from the environment
+(`api.app:app_from_env`); all state lives in Redis, and the request metrics
+are shared through prometheus_client's multiprocess mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import shutil
+import sys
+import tempfile
+
+from api import oplog
+from api.settings import ApiSettings
+from engine import DurabilityError, Engine, EngineUnavailable
+
+APP_FACTORY = "api.app:app_from_env"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="level of the operator log (default info: one line per request)")
+    parser.add_argument("--insecure-no-auth", action="store_true",
+                        help="serve without API keys, every caller an operator (local experiments only)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.workers < 1:
+        print("resv serve: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.insecure_no_auth:
+        os.environ["RESV_INSECURE_NO_AUTH"] = "1"  # the workers read the environment
+    try:
+        settings = ApiSettings.from_env()
+        settings.check()
+    except ValueError as exc:
+        print(f"resv serve: {exc}", file=sys.stderr)
+        return 2
+    problem = asyncio.run(check_redis(settings))
+    if problem:
+        print(f"resv serve: {problem}", file=sys.stderr)
+        return 2
+
+    metrics_dir = None
+    if args.workers > 1 and not os.environ.get(MULTIPROC_ENV):
+        # Set before the workers start (and import prometheus_client): each
+        # writes its samples there and /metrics sums them.
+        metrics_dir = tempfile.mkdtemp(prefix="resv-metrics-")
+        os.environ[MULTIPROC_ENV] = metrics_dir
+    try:
+        uvicorn.run(
+            APP_FACTORY,
+            factory=True,
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            loop=_loop(),
+            http=_http(),
+            log_config=oplog.log_config(args.log_level),
+            access_log=False,  # the operator log has one line per request
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+async def check_redis(settings: ApiSettings) -> str | None:
+    """Before any worker starts: the library loads and the server keeps the
+    durability profile's promise (RESV_DURABILITY, docs/guarantees.md). Under
+    the strict profile an unreachable server is refused too, since its
+    settings cannot be checked."""
+    from api.app import prepare
+
+    engine = Engine(settings.engine)
+    try:
+        await prepare(engine)
+    except DurabilityError as exc:
+        return str(exc)
+    except EngineUnavailable as exc:
+        if settings.engine.durability == "strict":
+            return f"cannot reach Redis to check its durability settings ({exc})"
+        logging.getLogger(oplog.LOGGER).warning("Redis unreachable at start-up; serving anyway")
+    finally:
+        await engine.aclose()
+    return None
+
+
+def _loop() -> str:
+    try:
+        import uvloop  # noqa: F401
+    except ImportError:
+        return "asyncio"
+    return "uvloop"
+
+
+def _http() -> str:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "h11"
+    return "httptools"

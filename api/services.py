@@ -1,0 +1,32 @@
+"""What handlers work with, built once per app by its lifespan.
+
+Handlers reach it as `services(request)`; the app keeps it in its state, so a
+test can build the app with its own engine or settings (`api.app.create_app`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import Request
+
+from api.cache import AvailabilityCache
+from api.deadline import Deadline
+from api.settings import ApiSettings
+from engine import Engine
+
+
+class Services:
+    def __init__(self, settings: ApiSettings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.deadline = Deadline(settings.request_deadline_s)
+        self.within_deadline = self.deadline.run
+        """Awaits an engine call for at most the request deadline (503 past it)."""
+        self.availability = AvailabilityCache(
+            engine.resource, ttl_ms=settings.availability_ttl_ms, deadline=self.deadline
+        )
+
+
+def services(request: Request[Any, Any, Any]) -> Services:
+    return request.app.state.services

@@ -1,0 +1,128 @@
+"""API settings, read once from the environment.
+
+The engine's own settings (REDIS_URL, RESV_PARTITIONS, Redis timeouts) are
+read by `engine.Settings.from_env()` and carried here as `engine`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import msgspec
+
+from engine.settings import Settings as EngineSettings
+
+ROLES = ("client", "operator")
+
+
+class ApiKey(msgspec.Struct, frozen=True):
+    role: str
+    """client or operator."""
+    secret: str
+    """The bearer token. Never logged; see `api.auth.KeyRing`."""
+
+    def __repr__(self) -> str:  # settings may be printed; the secret never is
+        return f"ApiKey(role={self.role!r}, secret=<hidden>)"
+
+
+class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
+    engine: EngineSettings = EngineSettings()
+    """The engine's settings (REDIS_URL, RESV_PARTITIONS, RESV_REDIS_*)."""
+    api_keys: tuple[ApiKey, ...] = ()
+    """RESV_API_KEYS: comma-separated `role:key` pairs, e.g.
+    `operator:op-secret,client:web-secret`. Operator keys may call every
+    client route too."""
+    insecure_no_auth: bool = False
+    """RESV_INSECURE_NO_AUTH=1: serve without keys; every caller is an
+    operator. Only for local experiments: the API refuses to start without a
+    key unless this is set."""
+    availability_ttl_ms: int = 500
+    """RESV_AVAILABILITY_TTL_MS: how long GET /availability answers (found or
+    not) are served from the per-process cache. 0 disables the cache."""
+    rate_limit: int | None = None
+    """RESV_RATE_LIMIT: requests per second per API key, per server process.
+    Unset: no limit."""
+    database_url: str | None = None
+    """DATABASE_URL: the archive (PostgreSQL). Optional for the API: when set,
+    GET /ready checks it."""
+    max_body_bytes: int = 16 * 1024
+    """RESV_MAX_BODY_BYTES: larger request bodies get 413."""
+    request_deadline_s: float = 3.0
+    """RESV_REQUEST_DEADLINE_S: longest time one request waits for Redis
+    (retries included) before answering 503."""
+    bench_echo: bool = False
+    """RESV_BENCH_ECHO=1: adds /bench/echo routes (GET and POST) that go
+    through the same middleware but do no engine work; the benchmark's
+    ceiling. Off in production."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
+        env = os.environ if env is None else env
+        return cls(
+            engine=EngineSettings.from_env(dict(env)),
+            api_keys=parse_api_keys(env.get("RESV_API_KEYS", "")),
+            insecure_no_auth=_flag(env, "RESV_INSECURE_NO_AUTH"),
+            availability_ttl_ms=_int(env, "RESV_AVAILABILITY_TTL_MS", 500, low=0),
+            rate_limit=_int(env, "RESV_RATE_LIMIT", None, low=1),
+            database_url=env.get("DATABASE_URL") or None,
+            max_body_bytes=_int(env, "RESV_MAX_BODY_BYTES", 16 * 1024, low=256),
+            request_deadline_s=_float(env, "RESV_REQUEST_DEADLINE_S", 3.0, low=0.1),
+            bench_echo=_flag(env, "RESV_BENCH_ECHO"),
+        )
+
+    def check(self, *, needs_redis_url: bool = True) -> None:
+        """Raises ValueError when the API must not start with these settings."""
+        if not self.api_keys and not self.insecure_no_auth:
+            raise ValueError(
+                "no API key: set RESV_API_KEYS (e.g. operator:op-secret,client:web-secret), "
+                "or RESV_INSECURE_NO_AUTH=1 to serve without authentication"
+            )
+        if needs_redis_url and not self.engine.redis_url:
+            raise ValueError("no Redis: set REDIS_URL")
+
+
+def parse_api_keys(raw: str) -> tuple[ApiKey, ...]:
+    """`role:key[,role:key...]` -> keys. The error never repeats a key."""
+    keys: list[ApiKey] = []
+    for n, item in enumerate((part.strip() for part in raw.split(",")), start=1):
+        if not item:
+            continue
+        role, sep, secret = item.partition(":")
+        role = role.strip()
+        if not sep or role not in ROLES:
+            raise ValueError(f"RESV_API_KEYS item {n}: expected role:key with role one of {', '.join(ROLES)}")
+        if not secret or any(c.isspace() or not c.isprintable() for c in secret):
+            raise ValueError(f"RESV_API_KEYS item {n}: the key must be non-empty printable text without spaces")
+        keys.append(ApiKey(role=role, secret=secret))
+    return tuple(keys)
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    return env.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None, *, low: int) -> int | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, low: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < low:
+        raise ValueError(f"{name} must be at least {low}")
+    return value

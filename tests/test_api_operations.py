@@ -1,0 +1,145 @@
+"""/health, /ready, /metrics, the operator log and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from api.oplog import JsonFormatter
+from engine.embedded import free_port
+from tests.api_support import CL, OP, api, create_resource, reserve
+
+
+async def test_health_needs_no_key(redis_url):
+    async with api(redis_url) as c:
+        r = await c.get("/health")
+        assert (r.status_code, r.json()) == (200, {"status": "ok"})
+
+
+async def test_ready_checks_redis_and_the_library(redis_url):
+    async with api(redis_url) as c:
+        r = await c.get("/ready", headers=OP)
+        assert r.status_code == 200
+        assert r.json() == {"status": "ready",
+                            "checks": {"redis": "up", "library": "up", "postgres": "not_configured"}}
+
+
+async def test_ready_reloads_a_flushed_library(redis_url):
+    import redis
+
+    async with api(redis_url) as c:
+        admin = redis.Redis.from_url(redis_url)
+        admin.function_flush()
+        admin.close()
+        assert (await c.get("/ready", headers=OP)).json()["checks"]["library"] == "up"
+        await create_resource(c, "gig", 1)  # and commits work again
+
+
+async def test_ready_reports_postgres_down(redis_url):
+    async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
+        r = await c.get("/ready", headers=OP)
+        assert r.status_code == 503
+        assert r.json()["checks"] == {"redis": "up", "library": "up", "postgres": "down"}
+        assert r.json()["error"] == "UNAVAILABLE"
+
+
+async def test_ready_with_postgres_up(redis_url, pg_server):
+    async with api(redis_url, database_url=pg_server.url) as c:
+        r = await c.get("/ready", headers=OP)
+        assert (r.status_code, r.json()["checks"]["postgres"]) == (200, "up")
+
+
+async def test_metrics(redis_url):
+    async with api(redis_url) as c:
+        await create_resource(c, "gig", 1)
+        await reserve(c, "gig", "ann")
+        await reserve(c, "gig", "bob")
+        await c.get("/reservations/gig~99", headers=CL)
+        r = await c.get("/metrics", headers=OP)
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        text = r.text
+    lines = text.splitlines()
+    assert any(line.startswith('resv_http_requests_total{') and 'path="/reservations"' in line
+               and 'status_code="409"' in line for line in lines)
+    assert any(line.startswith('resv_http_requests_total{') and 'path="/reservations/{reservation_id}"' in line
+               and 'status_code="404"' in line for line in lines)
+    assert any(line.startswith("resv_http_request_duration_seconds_bucket{") for line in lines)
+    assert any(line.startswith("resv_decisions_total{") and 'code="RESOURCE_FULL"' in line
+               and 'type="RESERVATION_REJECTED"' in line for line in lines)
+    for name in ("resv_availability_cache_total", "resv_redis_errors_total", "resv_internal_errors_total"):
+        assert f"# TYPE {name} counter" in text or f"# TYPE {name.removesuffix('_total')} counter" in text
+
+
+async def test_one_log_line_per_request_with_the_decision(redis_url, caplog):
+    formatter = JsonFormatter()
+    with caplog.at_level(logging.INFO, logger="resv"):
+        async with api(redis_url) as c:
+            await create_resource(c, "gig", 1)
+            await reserve(c, "gig", "ann", key="ann-1")
+            await reserve(c, "gig", "bob", key="bob-1")
+            await reserve(c, "gig", "ann", key="ann-1")
+            await c.get("/nowhere", headers=CL)
+    lines = [json.loads(formatter.format(r)) for r in caplog.records if r.getMessage() == "request"]
+    assert [(line["method"], line["route"], line["status"]) for line in lines] == [
+        ("POST", "/resources", 201), ("POST", "/reservations", 201), ("POST", "/reservations", 409),
+        ("POST", "/reservations", 201), ("GET", None, 404)]
+    created, confirmed, rejected, replayed, unrouted = lines
+    assert confirmed["request_id"] == "ann-1" and confirmed["role"] == "client"
+    assert (confirmed["decision"], confirmed["decision_type"], confirmed["reason"]) == (
+        "CONFIRMED", "RESERVATION_CONFIRMED", "CONFIRMED")
+    assert (rejected["decision"], rejected["code"], rejected["reason"]) == ("REJECTED", "RESOURCE_FULL", "SOLD_OUT")
+    assert rejected["request_id"] == "bob-1" and rejected["ts"].endswith("Z")
+    assert replayed["replayed"] is True
+    assert created["role"] == "operator" and created["decision_type"] == "RESOURCE_CREATED"
+    assert unrouted["path"] == "/nowhere"
+    for line in lines:
+        assert isinstance(line["latency_ms"], float) or line is unrouted
+        assert line["request_id"]
+
+
+async def test_openapi_document(redis_url):
+    async with api(redis_url) as c:
+        r = await c.get("/schema/openapi.json")
+        assert r.status_code == 200
+        doc = r.json()
+        assert (await c.get("/schema")).status_code == 200
+    assert doc["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http", "scheme": "bearer", "description": doc["components"]["securitySchemes"]["bearerAuth"][
+            "description"]}
+    operations = {(method.upper(), path): op for path, item in doc["paths"].items()
+                  for method, op in item.items() if method in ("get", "post", "patch", "delete")}
+    expected = {
+        ("GET", "/availability"): "getAvailability",
+        ("POST", "/reservations"): "createReservation",
+        ("GET", "/reservations/{reservation_id}"): "getReservation",
+        ("POST", "/reservations/{reservation_id}/cancel"): "cancelReservation",
+        ("POST", "/waiting-list/join"): "joinWaitingList",
+        ("GET", "/waiting-list/{entry_id}"): "getWaitingListEntry",
+        ("DELETE", "/waiting-list/{entry_id}"): "leaveWaitingList",
+        ("POST", "/resources"): "createResource",
+        ("GET", "/resources/{resource_id}"): "getResource",
+        ("PATCH", "/resources/{resource_id}"): "updateResource",
+        ("GET", "/health"): "getHealth",
+        ("GET", "/ready"): "getReadiness",
+    }
+    for key, operation_id in expected.items():
+        assert operations[key]["operationId"] == operation_id
+    for key, op in operations.items():
+        if key == ("GET", "/health"):
+            assert "security" not in op
+            continue
+        assert op.get("security") == [{"bearerAuth": []}], key
+        assert {"401", "503"} <= set(op["responses"]), key
+    reserve_op = operations[("POST", "/reservations")]
+    assert {"201", "400", "409", "413", "422"} <= set(reserve_op["responses"])
+    assert reserve_op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("ReservationRequest")
+    assert any(p["name"] == "Idempotency-Key" and p["in"] == "header" for p in reserve_op["parameters"])
+    assert {"412", "428"} <= set(operations[("PATCH", "/resources/{resource_id}")]["responses"])
+    schemas = doc["components"]["schemas"]
+    request = schemas["ReservationRequest"]
+    assert request["properties"]["quantity"]["minimum"] == 1
+    assert request["properties"]["resource_id"]["maxLength"] == 64
+    for name in ("ReservationRequest", "WaitlistJoinRequest", "ResourceCreate", "ResourcePatch"):
+        assert schemas[name]["additionalProperties"] is False, name
+    assert "additionalProperties" not in schemas["ReservationOut"]
+    assert "bench" not in json.dumps(doc["paths"])
