@@ -21,6 +21,9 @@ from engine.embedded import EmbeddedRedis, backend_binary, find_redis_server_bin
 
 __all__ = ["BACKENDS", "backend_binary"]
 
+# PostgreSQL fixtures (empty_database, database_url, pool, engine, make_archiver)
+pytest_plugins = ["tests.archiver_support"]
+
 # Backends available here (tests may import this and backend_binary from
 # tests.conftest): valkey ships with the project; redis-server only where the
 # machine has one >= 7.0.

@@ -24,7 +24,6 @@ from tests.archiver_support import (
     stream_entries,
 )
 
-pytest_plugins = ["tests.archiver_support"]  # its fixtures: empty_database, database_url, pool, engine, make_archiver
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

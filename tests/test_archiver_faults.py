@@ -28,7 +28,6 @@ from tests.archiver_support import (
     stream_entries,
 )
 
-pytest_plugins = ["tests.archiver_support"]  # its fixtures: empty_database, database_url, pool, engine, make_archiver
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,7 +11,6 @@ import psycopg
 from archiver.migrate import apply_migrations, load_migrations
 from engine.cli import main
 
-pytest_plugins = ["tests.archiver_support"]  # its fixtures: empty_database, database_url, pool, engine, make_archiver
 
 
 def test_versions_are_unique_and_increasing() -> None:

@@ -27,7 +27,6 @@ from tests.archiver_support import (
     stream_entries,
 )
 
-pytest_plugins = ["tests.archiver_support"]  # its fixtures: empty_database, database_url, pool, engine, make_archiver
 
 ISO_MICROS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 RESOURCES = ["gig", "talk", "dinner"]

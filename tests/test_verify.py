@@ -22,7 +22,6 @@ from tests.archiver_support import (
     entries_added,
 )
 
-pytest_plugins = ["tests.archiver_support"]  # its fixtures: empty_database, database_url, pool, engine, make_archiver
 
 
 async def every_kind_of_decision(engine: Engine) -> None:

@@ -1,0 +1,142 @@
+"""`resv restore`: rebuilds the engine's state in an empty Redis from the
+PostgreSQL audit, after the Redis data was lost.
+
+How: every archived decision is re-issued, in stream order, at its recorded
+time, through the same Lua on a scratch server (the replay of `resv verify`),
+and each replayed event is compared with the archived one; only when all
+match are the resulting state keys (resources, reservations, client totals,
+waiting lists, idempotency records still alive) copied to the target. Each
+stream is then recreated empty with its last id set past the archived ones,
+so new decisions get new, higher ids and the archive stays keyed uniquely.
+Then the production library is loaded; run `resv verify` to confirm.
+
+Limit: what was decided but not yet archived when Redis was lost is not in
+PostgreSQL and cannot be restored (see docs/guarantees.md). Under the strict
+profile the Redis AOF is the first thing to recover; restore is for when it
+is gone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+import msgspec
+from psycopg_pool import AsyncConnectionPool
+from redis.asyncio import Redis
+
+from archiver.db import open_pool
+from archiver.replay import CLOCK_KEY, Mismatch, Planner, ScratchServer, replay
+from archiver.settings import ArchiverSettings
+from archiver.streams import GROUP
+from archiver.verify import load_partition
+from engine.keys import stream_key
+from engine.library import ensure_library, library_source
+from engine.settings import Settings
+
+
+class RestoreError(RuntimeError):
+    pass
+
+
+class RestoreReport(msgspec.Struct, kw_only=True):
+    events: int = 0
+    keys: int = 0
+    expired_requests: int = 0
+    mismatches: list[Mismatch] = []
+
+
+async def restore(target: Redis, pool: AsyncConnectionPool, partitions: int, *,
+                  idempotency_ttl_ms: int = 86_400_000) -> RestoreReport:
+    """target: decode_responses=True. Refuses a target holding any engine key."""
+    async for _ in target.scan_iter(match="resv:*", count=1000):
+        raise RestoreError("the target Redis already holds engine keys (resv:*): restore only into an empty one")
+    report = RestoreReport()
+    planner = Planner(idempotency_ttl_ms)
+    last_ids: dict[int, str] = {}
+    async with ScratchServer(library_source()) as scratch:
+        assert scratch.redis is not None
+        for p in range(partitions):
+            log = await load_partition(None, pool, p, "0-0", None, None)
+            if not log:
+                continue
+            report.events += len(log)
+            report.mismatches += await replay(scratch.redis, p, planner.plan(p, log))
+            last_ids[p] = log[-1].stream_id
+        if report.mismatches:
+            return report  # the audit does not replay cleanly: write nothing
+        now_us = _micros(await target.time())
+        await _copy_state(scratch.redis, target, planner.expires, now_us, report)
+    for p, last_id in last_ids.items():
+        key = stream_key(p)
+        await target.xgroup_create(key, GROUP, id="0", mkstream=True)
+        await target.execute_command("XSETID", key, last_id)
+    await ensure_library(target)
+    return report
+
+
+def _micros(t: tuple[int, int]) -> int:
+    return int(t[0]) * 1_000_000 + int(t[1])
+
+
+async def _copy_state(scratch: Redis, target: Redis, expires: dict[str, int], now_us: int,
+                      report: RestoreReport) -> None:
+    pipe = target.pipeline(transaction=False)
+    async for key in scratch.scan_iter(match="resv:{p*", count=1000):
+        if key.endswith(":events") or key == CLOCK_KEY:
+            continue
+        kind = await scratch.type(key)
+        if kind == "hash":
+            pipe.hset(key, mapping=await scratch.hgetall(key))
+        elif kind == "zset":
+            pipe.zadd(key, dict(await scratch.zrange(key, 0, -1, withscores=True)))
+        elif kind == "string":  # idempotency records: keep their recorded expiry
+            left_ms = (expires.get(key, 0) - now_us) // 1000
+            if left_ms <= 0:
+                report.expired_requests += 1
+                continue
+            pipe.set(key, await scratch.get(key), px=left_ms)
+        else:
+            raise RestoreError(f"unexpected {kind} key in the replayed state")
+        report.keys += 1
+        if len(pipe) >= 500:
+            await pipe.execute()
+    await pipe.execute()
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
+    parser.add_argument("--redis-url", help="the empty target Redis (default: $REDIS_URL)")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    redis_url = args.redis_url or settings.redis_url
+    database_url = args.database_url or ArchiverSettings.from_env().database_url
+    if not redis_url or not database_url:
+        print("resv restore: needs REDIS_URL (the empty target) and DATABASE_URL (the audit)", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(_run(redis_url, database_url, settings))
+    except RestoreError as exc:
+        print(f"resv restore: {exc}", file=sys.stderr)
+        return 2
+    for m in report.mismatches[:50]:
+        print(f"MISMATCH {m}")
+    if report.mismatches:
+        print(f"restore: the audit does not replay cleanly ({len(report.mismatches)} mismatches); nothing written")
+        return 1
+    print(f"restore: {report.events} archived events replayed, {report.keys} keys written "
+          f"({report.expired_requests} expired idempotency records left out). Now run: resv verify")
+    return 0
+
+
+async def _run(redis_url: str, database_url: str, settings: Settings) -> RestoreReport:
+    target = Redis.from_url(redis_url, decode_responses=True)
+    pool = await open_pool(database_url, max_size=1)
+    try:
+        return await restore(target, pool, settings.partitions, idempotency_ttl_ms=settings.idempotency_ttl_ms)
+    finally:
+        await pool.close()
+        await target.aclose()
