@@ -82,3 +82,53 @@ async def test_server_kill_9_under_http_load(tmp_path):
     assert report.ok, s
     assert s["confirmed_seen"] > 20
     assert state.json()["reserved"] == sum(1 for e in log if e["type"] == "RESERVATION_CONFIRMED")
+
+
+async def test_flushed_library_is_reloaded_by_the_running_api(redis_server):
+    r = redis.Redis.from_url(redis_server.url)
+    r.flushall()
+    with resv_serve(redis_server.url) as base:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            assert (await http.post("/resources", headers=OP,
+                                    json={"resource_id": "fl", "type": "t", "capacity": 3})).status_code == 201
+            r.execute_command("FUNCTION", "FLUSH")
+            resp = await http.post("/reservations", headers=CL,
+                                   json={"resource_id": "fl", "quantity": 1, "client_id": "al"})
+            assert resp.status_code == 201, resp.text
+            r.execute_command("FUNCTION", "FLUSH")
+            assert (await http.get("/resources/fl", headers=OP)).json()["reserved"] == 1
+    r.close()
+    record("api: function library flushed under a running API", faults=2, requests=3, decisions=1,
+           lost=0, duplicated=0, overbooked=0)
+
+
+async def test_hung_server_gives_bounded_503_and_same_key_retry_books_once():
+    import os
+    import signal
+
+    with EmbeddedRedis() as server, resv_serve(server.url, RESV_REDIS_TIMEOUT_S="0.5",
+                                               RESV_REDIS_RETRIES="1") as base:
+        async with httpx.AsyncClient(base_url=base, timeout=15) as http:
+            await http.post("/resources", headers=OP, json={"resource_id": "hung", "type": "t", "capacity": 9})
+            body = {"resource_id": "hung", "quantity": 2, "client_id": "al"}
+            headers = {**CL, "Idempotency-Key": "hung-1"}
+            os.kill(server.pid, signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                resp = await http.post("/reservations", json=body, headers=headers)
+                elapsed = time.monotonic() - started
+            finally:
+                os.kill(server.pid, signal.SIGCONT)
+            assert resp.status_code == 503 and resp.json() == {"error": "UNAVAILABLE"}
+            assert elapsed < 5.0
+            # outcome unknown to the client: it retries with the same key
+            retries = [await http.post("/reservations", json=body, headers=headers) for _ in range(3)]
+            assert {r.status_code for r in retries} == {201}
+            assert len({r.json()["reservation_id"] for r in retries}) == 1
+            assert (await http.get("/resources/hung", headers=OP)).json()["reserved"] == 2
+        sync = redis.Redis.from_url(server.url, decode_responses=True)
+        confirmed = [e for e in events(sync, "hung") if e["type"] == "RESERVATION_CONFIRMED"]
+        sync.close()
+    assert len(confirmed) == 1
+    record("api: server hung (SIGSTOP), bounded 503, same-key retries", faults=1, requests=4,
+           decisions=len(confirmed), lost=0, duplicated=len(confirmed) - 1, overbooked=0)
