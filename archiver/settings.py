@@ -11,6 +11,8 @@ import socket
 
 import msgspec
 
+from engine.settings import env_number
+
 
 class ArchiverSettings(msgspec.Struct, frozen=True, kw_only=True):
     database_url: str | None = None
@@ -44,16 +46,7 @@ class ArchiverSettings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if env is None else env
 
         def num(name: str, default, kind=int):
-            raw = env.get(name)
-            if raw in (None, ""):
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
-            if value < 0:
-                raise ValueError(f"{name} must not be negative")
-            return value
+            return env_number(env, name, default, kind)
 
         return cls(
             database_url=env.get("DATABASE_URL") or None,

@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import msgspec
+
+
+def env_number(env: Mapping[str, str], name: str, default, kind=int):
+    """A non-negative number from the environment; the default when unset."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {raw!r}") from None
+    if value < 0:
+        raise ValueError(f"{name} must not be negative")
+    return value
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
@@ -37,16 +52,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         env = os.environ if env is None else env
 
         def num(name: str, default, kind=int):
-            raw = env.get(name)
-            if raw in (None, ""):
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ValueError(f"{name} must be a number, got {raw!r}") from None
-            if value < 0:
-                raise ValueError(f"{name} must not be negative")
-            return value
+            return env_number(env, name, default, kind)
 
         partitions = num("RESV_PARTITIONS", 16)
         if not 1 <= partitions <= 1024:
