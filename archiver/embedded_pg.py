@@ -25,10 +25,10 @@ from typing import Any, Sequence
 import psycopg
 
 from engine.embedded import (
+    ServerProcess,
     ServerStartError,
     free_port,
     log_tail,
-    stop_process_group,
     track,
     untrack,
 )
@@ -92,7 +92,7 @@ def _make_readable_tree(root: Path) -> None:
             os.chmod(p, stat.S_IMODE(mode) | stat.S_IROTH | (stat.S_IXOTH if searchable else 0))
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(ServerProcess):
     """A private postgres process on 127.0.0.1:<free port>, trust auth.
 
     `data_dir` survives stop()/kill()/restart(); a directory created here is
@@ -119,7 +119,7 @@ class EmbeddedPostgres:
         self.port = port or free_port()
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
-        self.process: subprocess.Popen | None = None
+        self.process = None
         self._user: pwd.struct_passwd | None = None
 
     @property
@@ -127,16 +127,8 @@ class EmbeddedPostgres:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
     def log_path(self) -> Path:
         return self.data_dir / "server.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     # -- privileges
     def _popen_kwargs(self) -> dict[str, Any]:
@@ -186,20 +178,12 @@ class EmbeddedPostgres:
         ]
 
     # -- lifecycle
-    def start(self) -> "EmbeddedPostgres":
-        if self.running:
-            return self
+    stop_signal = signal.SIGINT  # fast shutdown: abort sessions, checkpoint, exit
+    stop_timeout = 30.0
+
+    def _prepare(self) -> None:
         self._prepare_dirs()
         self._initdb()
-        for attempt in range(3):
-            try:
-                self._start_once()
-                return self
-            except ServerStartError as exc:
-                if self._fixed_port or "already in use" not in str(exc) or attempt == 2:
-                    raise
-                self.port = free_port()
-        raise AssertionError("unreachable")
 
     def _start_once(self) -> None:
         with open(self.log_path, "ab") as logf:
@@ -234,41 +218,12 @@ class EmbeddedPostgres:
             f"--- {self.log_path} (tail)\n{log_tail(self.log_path)}"
         )
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Fast shutdown (SIGINT: abort sessions, checkpoint, exit)."""
-        if self.process is not None:
-            stop_process_group(self.process, signal.SIGINT, timeout)
-            untrack(self)
-
-    def kill(self) -> None:
-        """SIGKILL postmaster and backends at once: a crash; restart() recovers from WAL."""
-        if self.process is not None:
-            stop_process_group(self.process, signal.SIGKILL, 10.0)
-            untrack(self)
-
-    def restart(self) -> "EmbeddedPostgres":
-        """Stop if running, then start on the same port and data dir."""
-        self.stop()
-        self._fixed_port = True
-        self.process = None
-        return self.start()
-
     def close(self) -> None:
         """Stop; remove the socket dir, and the data dir if created here."""
         self.stop()
         shutil.rmtree(self._run_dir, ignore_errors=True)
         if self._own_data:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "EmbeddedPostgres":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()  # __exit__ will not run
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<EmbeddedPostgres {self.url} pid={self.pid} data={self.data_dir}>"

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 __all__ = [
     "BACKEND_NAMES",
     "EmbeddedRedis",
+    "ServerProcess",
     "ServerStartError",
     "backend_binary",
     "find_redis_server_binary",
@@ -196,7 +197,82 @@ def backend_binary(backend: str) -> str:
 # ---------------------------------------------------------------- server
 
 
-class EmbeddedRedis:
+class ServerProcess:
+    """Lifecycle shared by the embedded servers: start on a free port (retried
+    if another process grabs it first), stop, kill, restart on the same port
+    and data, and `with` support. Subclasses set `stop_signal` and implement
+    `_prepare()` (once per start) and `_start_once()`."""
+
+    stop_signal = signal.SIGTERM
+    stop_timeout = 10.0
+    process: subprocess.Popen | None = None
+    port: int
+    _fixed_port: bool
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _prepare(self) -> None:
+        pass
+
+    def _start_once(self) -> None:
+        raise NotImplementedError
+
+    def start(self):
+        if self.running:
+            return self
+        self._prepare()
+        # A port we picked may be grabbed by someone else before the server
+        # binds it; pick another one then. A fixed port (restart) is kept.
+        for attempt in range(3):
+            try:
+                self._start_once()
+                return self
+            except ServerStartError as exc:
+                if self._fixed_port or "already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown with `stop_signal`."""
+        if self.process is not None:
+            stop_process_group(self.process, self.stop_signal, timeout or self.stop_timeout)
+            untrack(self)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its children at once: a crash, not a shutdown."""
+        if self.process is not None:
+            stop_process_group(self.process, signal.SIGKILL, 10.0)
+            untrack(self)
+
+    def restart(self):
+        """Stop if running, then start on the same port and data dir."""
+        self.stop()
+        self._fixed_port = True
+        self.process = None
+        return self.start()
+
+    def close(self) -> None:
+        self.stop()
+
+    def __enter__(self):
+        try:
+            return self.start()
+        except BaseException:
+            self.close()  # __exit__ will not run
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class EmbeddedRedis(ServerProcess):
     """A private redis-server/valkey-server process.
 
     `data_dir` survives stop()/kill()/restart(); a directory created here is
@@ -224,7 +300,7 @@ class EmbeddedRedis:
         self.appendfsync = appendfsync
         self.extra_args = list(extra_args)
         self.start_timeout = start_timeout
-        self.process: subprocess.Popen | None = None
+        self.process = None
 
     # -- properties
     @property
@@ -232,16 +308,8 @@ class EmbeddedRedis:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process else None
-
-    @property
     def log_path(self) -> Path:
         return self.data_dir / "server.log"
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
 
     def command(self) -> list[str]:
         return [
@@ -258,21 +326,8 @@ class EmbeddedRedis:
         ]
 
     # -- lifecycle
-    def start(self) -> "EmbeddedRedis":
-        if self.running:
-            return self
+    def _prepare(self) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        # A port we picked may be grabbed by someone else before the server
-        # binds it; pick another one then. A fixed port (restart) is kept.
-        for attempt in range(3):
-            try:
-                self._start_once()
-                return self
-            except ServerStartError as exc:
-                if self._fixed_port or "already in use" not in str(exc) or attempt == 2:
-                    raise
-                self.port = free_port()
-        raise AssertionError("unreachable")
 
     def _start_once(self) -> None:
         # stdout/stderr catch what the server prints before --logfile applies
@@ -305,40 +360,11 @@ class EmbeddedRedis:
             f"--- {self.log_path} (tail)\n{log}\n--- stdout/stderr (tail)\n{stdio}"
         )
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Graceful shutdown (SIGTERM: the server flushes the AOF and exits)."""
-        if self.process is not None:
-            stop_process_group(self.process, signal.SIGTERM, timeout)
-            untrack(self)
-
-    def kill(self) -> None:
-        """SIGKILL the server (and its forks): a crash, not a shutdown."""
-        if self.process is not None:
-            stop_process_group(self.process, signal.SIGKILL, 10.0)
-            untrack(self)
-
-    def restart(self) -> "EmbeddedRedis":
-        """Stop if running, then start on the same port and data dir (AOF replays)."""
-        self.stop()
-        self._fixed_port = True
-        self.process = None
-        return self.start()
-
     def close(self) -> None:
         """Stop and remove the data dir if this object created it."""
         self.stop()
         if self._own_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def __enter__(self) -> "EmbeddedRedis":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()  # __exit__ will not run
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<EmbeddedRedis {Path(self.binary).name} {self.url} pid={self.pid}>"
