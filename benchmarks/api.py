@@ -18,7 +18,7 @@ the CPU path); a last row measures POST /reservations under the strict profile
 (AOF, `appendfsync always`, the default of `resv serve`) with the best worker
 count, where the disk's fsync sets the pace.
 
-    python -m benchmarks.api [--duration 10] [--workers 1,2]
+    python -m benchmarks.api [--duration 12] [--rounds 3] [--workers 1,2]
 
 Needs wrk: install it with `apt-get install -y wrk` (Debian/Ubuntu) or
 `brew install wrk` (macOS).
@@ -95,7 +95,7 @@ ROWS = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.api", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement (default 10)")
+    parser.add_argument("--duration", type=int, default=12, help="seconds per row, all rounds together (default 12)")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="split each row's time into this many runs, the rows taking turns; the median "

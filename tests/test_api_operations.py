@@ -143,3 +143,24 @@ async def test_openapi_document(redis_url):
         assert schemas[name]["additionalProperties"] is False, name
     assert "additionalProperties" not in schemas["ReservationOut"]
     assert "bench" not in json.dumps(doc["paths"])
+
+
+def test_the_log_writer_thread_keeps_every_line_in_order():
+    import io
+
+    from api.oplog import BackgroundStreamHandler
+
+    stream = io.StringIO()
+    handler = BackgroundStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("resv.test.writer")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        for n in range(2000):
+            logger.warning("line %d", n)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()  # drains what is still queued
+    lines = stream.getvalue().splitlines()
+    assert [json.loads(line)["msg"] for line in lines] == [f"line {n}" for n in range(2000)]
