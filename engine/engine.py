@@ -37,7 +37,9 @@ def _client(url: str, settings: Settings, retries: int, max_connections: int) ->
         decode_responses=True,
         socket_timeout=settings.socket_timeout,
         socket_connect_timeout=settings.socket_timeout,
-        health_check_interval=30,
+        # No health_check_interval: its PING retries on its own, inside the
+        # command's retries, and stretched a call to a hung server past 9 s.
+        # A dead connection fails its command, which is retried.
         max_connections=max_connections,
         retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
@@ -79,8 +81,10 @@ class Engine:
 
     async def aclose(self) -> None:
         await self._pipe.aclose()
-        await self.redis.aclose()
-        await self._admin.aclose()
+        # Redis(connection_pool=...) does not close a pool it did not create
+        for client in (self.redis, self._admin):
+            await client.aclose()
+            await client.connection_pool.disconnect()
 
     async def __aenter__(self) -> Engine:
         await self.start()
