@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
@@ -84,27 +85,40 @@ class Pipeliner:
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
         if self._wait and any(c[1] not in READ_FUNCTIONS for c in commands):
-            return await self._execute_and_wait(commands)
-        if len(commands) == 1:
-            try:
-                return [await self._redis.execute_command(*commands[0])]
-            except Exception as exc:
-                if isinstance(exc, ResponseError):
-                    return [exc]
-                raise
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            return await pipe.execute(raise_on_error=False)
+            commands = [*commands, self._wait]
+            *results, acked = await self._round_trip(commands)
+            return self._check_replicas(commands, results, acked)
+        return await self._round_trip(commands)
 
-    async def _execute_and_wait(self, commands: list[Command]) -> list[Any]:
-        """WAIT on the same connection right after the batch: it counts the
-        replicas that acknowledged every write the batch made."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for command in commands:
-                pipe.execute_command(*command)
-            pipe.execute_command(*self._wait)
-            *results, acked = await pipe.execute(raise_on_error=False)
+    async def _round_trip(self, commands: list[Command]) -> list[Any]:
+        """Writes the batch packed in one send on one pooled connection and
+        reads one reply per command (errors replies included, as exceptions).
+        Cheaper than a redis-py Pipeline object per batch; retried as a whole
+        by the connection's own Retry (the batched calls are idempotent)."""
+        pool = self._redis.connection_pool
+        conn = await pool.get_connection()
+        try:
+            return await conn.retry.call_with_retry(
+                lambda: self._send_and_read(conn, commands), lambda _error: conn.disconnect()
+            )
+        finally:
+            await pool.release(conn)
+
+    @staticmethod
+    async def _send_and_read(conn: Any, commands: list[Command]) -> list[Any]:
+        # hiredis packs in C; redis-py's packer was a third of the engine's CPU
+        await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+        results: list[Any] = []
+        for _ in commands:
+            try:
+                results.append(await conn.read_response())
+            except ResponseError as exc:
+                results.append(exc)
+        return results
+
+    def _check_replicas(self, commands: list[Command], results: list[Any], acked: Any) -> list[Any]:
+        """WAIT ran on the same connection right after the batch: it counts
+        the replicas that acknowledged every write the batch made."""
         if isinstance(acked, int) and acked >= self._wait[1]:
             return results
         return [
