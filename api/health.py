@@ -18,7 +18,7 @@ from litestar.openapi import ResponseSpec
 
 from api import decisions, docs, oplog
 from api.auth import PUBLIC, operator_only
-from api.schemas import Health, Readiness
+from api.schemas import ArchiverLag, Health, Readiness
 from api.services import services
 from engine import Engine
 
@@ -80,6 +80,21 @@ class HealthController(Controller):
         checks["library"] = await _check("library", library_up(svc.engine)) if checks["redis"] == "up" else "down"
         url = svc.settings.database_url
         checks["postgres"] = await _check("postgres", postgres_up(url)) if url else "not_configured"
+        lag = await _archiver_lag(svc.engine) if checks["redis"] == "up" else None
         if "down" in checks.values():
-            return decisions.json(Readiness(status="unavailable", checks=checks, error="UNAVAILABLE"), 503)  # type: ignore[return-value,arg-type]
-        return decisions.json(Readiness(status="ready", checks=checks), 200)  # type: ignore[return-value,arg-type]
+            return decisions.json(Readiness(status="unavailable", checks=checks, archiver_lag=lag,  # type: ignore[return-value,arg-type]
+                                            error="UNAVAILABLE"), 503)
+        return decisions.json(Readiness(status="ready", checks=checks, archiver_lag=lag), 200)  # type: ignore[return-value,arg-type]
+
+
+async def _archiver_lag(engine: Engine) -> ArchiverLag | None:
+    from archiver.lag import stream_lag  # the API runs without the archiver's dependencies loaded
+
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_S):
+            per_partition = await stream_lag(engine.redis, engine.settings.partitions)
+    except Exception as exc:
+        log.warning("archiver lag unreadable", extra={"resv": {"error": f"{type(exc).__name__}: {exc}"}})
+        return None
+    return ArchiverLag(entries=int(sum(v["entries"] for v in per_partition.values())),
+                       seconds=round(max((v["seconds"] for v in per_partition.values()), default=0.0), 3))

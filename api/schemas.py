@@ -262,9 +262,19 @@ class Health(_Out, kw_only=True):
     status: Literal["ok"] = "ok"
 
 
+class ArchiverLag(_Out, kw_only=True):
+    entries: int
+    """Decisions logged in the streams and not yet archived in PostgreSQL."""
+    seconds: float
+    """Age of the oldest of them, by the server clock (0 when none)."""
+
+
 class Readiness(_Out, kw_only=True, omit_defaults=True):
     status: Literal["ready", "unavailable"]
     checks: dict[str, Literal["up", "down", "not_configured"]]
     """redis (PING), library (the Lua functions loaded), postgres (only
     when DATABASE_URL is set)."""
+    archiver_lag: ArchiverLag | None = None
+    """How far the audit is behind, over all partitions (when Redis is up).
+    Reported, not judged: a lagging audit does not make the API unready."""
     error: Literal["UNAVAILABLE"] | None = None

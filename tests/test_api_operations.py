@@ -21,7 +21,17 @@ async def test_ready_checks_redis_and_the_library(redis_url):
         r = await c.get("/ready", headers=OP)
         assert r.status_code == 200
         assert r.json() == {"status": "ready",
-                            "checks": {"redis": "up", "library": "up", "postgres": "not_configured"}}
+                            "checks": {"redis": "up", "library": "up", "postgres": "not_configured"},
+                            "archiver_lag": {"entries": 0, "seconds": 0.0}}
+
+
+async def test_ready_reports_the_archiver_lag(redis_url):
+    async with api(redis_url) as c:
+        await create_resource(c, "gig", 5)
+        await reserve(c, "gig", "ann")
+        lag = (await c.get("/ready", headers=OP)).json()["archiver_lag"]
+        # no archiver has run: both decisions wait in the stream
+        assert lag["entries"] == 2 and lag["seconds"] >= 0
 
 
 async def test_ready_reloads_a_flushed_library(redis_url):
