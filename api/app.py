@@ -133,6 +133,7 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
     @asynccontextmanager
     async def run(app: Litestar) -> AsyncIterator[None]:
         owned = engine if engine is not None else Engine(settings.engine)
+        audit_pool = None
         try:
             try:
                 await prepare(owned)  # DurabilityError stops the start-up
@@ -141,9 +142,16 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
                 # since, serve anyway: requests answer 503 until it is back,
                 # and the engine loads the library on its first call then.
                 log.warning("Redis unavailable at start-up", extra={"resv": {"error": str(exc)}})
-            app.state.services = Services(settings, owned)
+            if settings.database_url:
+                # opened without waiting: the API commits without PostgreSQL
+                from archiver.db import open_pool
+
+                audit_pool = await open_pool(settings.database_url, max_size=4, timeout=2.0)
+            app.state.services = Services(settings, owned, audit_pool)
             yield
         finally:
+            if audit_pool is not None:
+                await audit_pool.close()
             await owned.aclose()
 
     return run

@@ -9,11 +9,8 @@ alone when DATABASE_URL is unset.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import psycopg
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
 from psycopg_pool import AsyncConnectionPool
@@ -46,9 +43,6 @@ LimitParam = Annotated[int, QueryParameter(
 ResourceFilterParam = Annotated[str | None, QueryParameter(
     required=False, min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN,
     description="The request's resource: looks in its partition only.")]
-
-CONNECT_TIMEOUT_S = 3
-
 
 class OpsController(Controller):
     path = "/ops"
@@ -93,26 +87,6 @@ class OpsController(Controller):
             raise ApiError(404, "NOT_FOUND")
         return found
 
-
 def audit_pool(request: Request[Any, Any, Any]) -> AsyncConnectionPool | None:
-    """Where the audit is read: the app's pool when its lifespan owns one
-    (`services.audit_pool`), else one connection per request (operator
-    routes are rare); None when DATABASE_URL is unset."""
-    svc = services(request)
-    if hasattr(svc, "audit_pool"):
-        return svc.audit_pool
-    url = svc.settings.database_url
-    return _ConnectionPerUse(url) if url else None  # type: ignore[return-value]
-
-
-class _ConnectionPerUse:
-    """Stands in for a pool: `connection()` opens a connection and closes it
-    after use."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
-        async with await psycopg.AsyncConnection.connect(self.url, connect_timeout=CONNECT_TIMEOUT_S) as conn:
-            yield conn
+    """The app's audit pool (owned by its lifespan); None without DATABASE_URL."""
+    return services(request).audit_pool

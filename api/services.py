@@ -17,9 +17,11 @@ from engine import Engine
 
 
 class Services:
-    def __init__(self, settings: ApiSettings, engine: Engine) -> None:
+    def __init__(self, settings: ApiSettings, engine: Engine, audit_pool: Any = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.audit_pool = audit_pool
+        """PostgreSQL pool for the operator routes (None without DATABASE_URL)."""
         self.deadline = Deadline(settings.request_deadline_s)
         self.within_deadline = self.deadline.run
         """Awaits an engine call for at most the request deadline (503 past it)."""

@@ -174,3 +174,11 @@ def test_the_log_writer_thread_keeps_every_line_in_order():
         handler.close()  # drains what is still queued
     lines = stream.getvalue().splitlines()
     assert [json.loads(line)["msg"] for line in lines] == [f"line {n}" for n in range(2000)]
+
+
+async def test_timeline_with_postgres_down_is_503_not_a_partial_history(redis_url):
+    async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
+        await create_resource(c, "gig", 1)
+        r = await c.get("/ops/resources/gig/timeline", headers=OP)
+        assert (r.status_code, r.json()) == (503, {"error": "UNAVAILABLE"})
+        assert (await reserve(c, "gig", "ann")).status_code == 201  # commits go on without it
