@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # one "Running job ... executed successfully" pair every interval is noise
+    logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     settings = ArchiverSettings.from_env()
     engine_settings = Settings.from_env()
     database_url = args.database_url or settings.database_url
