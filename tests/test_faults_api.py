@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import subprocess
+import sys
 import time
 import uuid
 
@@ -15,7 +17,7 @@ import redis
 
 from engine.embedded import EmbeddedRedis
 from tests.history import Observation, check
-from tests.procs import CLIENT_KEY, OPERATOR_KEY, resv_serve
+from tests.procs import CLIENT_KEY, OPERATOR_KEY, ROOT, resv_env, resv_serve
 from tests.report import record
 from tests.support import events
 
@@ -48,10 +50,13 @@ async def http_client_loop(http: httpx.AsyncClient, observations: list, stop: as
 
 
 @pytest.mark.slow
-async def test_server_kill_9_under_http_load(tmp_path):
+async def test_server_kill_9_under_http_load(tmp_path, database_url):
+    """Redis kill -9 x20 and the archiver kill -9 x5 during the same HTTP
+    load; the history is checked against the stream and against PostgreSQL."""
     capacity = 300
     with EmbeddedRedis(data_dir=tmp_path / "redis") as server, \
-            resv_serve(server.url, workers=1, RESV_REDIS_TIMEOUT_S="0.5", RESV_REDIS_RETRIES="1") as base:
+            resv_serve(server.url, workers=1, RESV_REDIS_TIMEOUT_S="0.5", RESV_REDIS_RETRIES="1") as base, \
+            archiver_process(server.url, database_url) as archiver:
         async with httpx.AsyncClient(base_url=base, timeout=10,
                                      limits=httpx.Limits(max_connections=32)) as http:
             resp = await http.post("/resources", headers=OP,
@@ -61,27 +66,77 @@ async def test_server_kill_9_under_http_load(tmp_path):
             stop = asyncio.Event()
             clients = [asyncio.create_task(http_client_loop(http, observations, stop)) for _ in range(24)]
             rng = random.Random(11)
-            for _ in range(20):
+            for n in range(20):
                 await asyncio.sleep(rng.uniform(0.1, 0.3))
                 server.kill()
                 await asyncio.sleep(rng.uniform(0.0, 0.15))
                 server.restart()
+                if n % 4 == 0:
+                    archiver.kill_and_restart()  # mid-batch, at a random point
             await asyncio.sleep(0.5)
             stop.set()
             await asyncio.gather(*clients)
             # recovered without restarting the API
             state = await http.get("/resources/show", headers=OP)
             assert state.status_code == 200
+        archiver.drain_to_the_end()
         sync = redis.Redis.from_url(server.url, decode_responses=True)
-        log = events(sync, "show")
+        tail = events(sync, "show")  # what the archiver has not trimmed yet
         sync.close()
+    # the archiver trims the stream below what PostgreSQL holds: the audit is the log
+    log = await audit_log(database_url, "show")
+    archived = {e["stream_id"] for e in log}
+    assert all(e["stream_id"] in archived for e in tail)
     report = check(observations, log, {"show": capacity})
     s = report.summary()
-    record("api: kill -9 of the server x20 under HTTP load", faults=20, requests=s["requests"],
-           decisions=s["decisions"], lost=s["lost"], duplicated=s["duplicated"], overbooked=s["overbooked"])
+    record("api: kill -9 of Redis x20 and of the archiver x5 under HTTP load", faults=25,
+           requests=s["requests"], decisions=s["decisions"], lost=s["lost"], duplicated=s["duplicated"],
+           overbooked=s["overbooked"])
     assert report.ok, s
     assert s["confirmed_seen"] > 20
     assert state.json()["reserved"] == sum(1 for e in log if e["type"] == "RESERVATION_CONFIRMED")
+
+
+class archiver_process:
+    """`resv archiver` as a real process, killed with SIGKILL on demand."""
+
+    def __init__(self, redis_url: str, database_url: str) -> None:
+        self.env = resv_env(redis_url, DATABASE_URL=database_url, RESV_ARCHIVER_CLAIM_IDLE_MS="300")
+        self.proc: subprocess.Popen | None = None
+
+    def _start(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "archiver"], env=self.env,
+                                     cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def kill_and_restart(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self._start()
+
+    def drain_to_the_end(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        time.sleep(0.4)  # past the claim idle time: the dead consumer's entries are reclaimed
+        subprocess.run([sys.executable, "-m", "engine.cli", "archiver", "--once"], env=self.env, cwd=ROOT,
+                       check=True, timeout=60, capture_output=True)
+
+    def __enter__(self) -> "archiver_process":
+        self._start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def audit_log(database_url: str, resource_id: str) -> list[dict]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT stream_id, fields FROM events WHERE resource_id = %s ORDER BY ms, seq",
+                                 (resource_id,))
+        return [{**fields, "stream_id": sid} for sid, fields in await cur.fetchall()]
 
 
 async def test_flushed_library_is_reloaded_by_the_running_api(redis_server):
