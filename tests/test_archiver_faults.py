@@ -19,6 +19,7 @@ from archiver.embedded_pg import EmbeddedPostgres
 from archiver.lag import stream_lag
 from archiver.migrate import apply_migrations
 from engine.embedded import free_port
+from tests.report import record
 from tests.archiver_support import (
     PARTITIONS,
     assert_archive_complete,
@@ -93,6 +94,8 @@ async def test_killed_archivers_lose_and_duplicate_nothing(engine, database_url,
     await drain_until_empty(survivor)
     await assert_archive_complete(engine.redis, pool, seen)
     assert await stream_entries(engine.redis) == {}
+    record("archiver: killed mid-batch (os._exit at 4 points, kill -9) under load", faults=len(RUNS),
+           decisions=sum((await row_counts(pool)).values()), lost=0, duplicated=0)
 
 
 async def test_archiver_process_serves_metrics_and_stops_cleanly(engine, database_url, pool) -> None:
@@ -194,5 +197,7 @@ async def test_postgres_outage_delays_the_audit_and_loses_nothing(engine, make_a
     check_pool = await open_pool(own_postgres.url)
     try:
         await assert_archive_complete(engine.redis, check_pool, seen)
+        record("archiver: PostgreSQL stopped under load, then back", faults=1,
+               decisions=sum((await row_counts(check_pool)).values()), lost=0, duplicated=0)
     finally:
         await check_pool.close()
