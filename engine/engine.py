@@ -6,6 +6,7 @@ reply into a typed Decision; the Lua decides.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any
 
@@ -17,11 +18,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from engine import keys
 from engine.durability import DurabilityError, check_durability
-from engine.errors import EngineError, translate
+from engine.errors import EngineError, is_missing_function, translate
 from engine.library import ensure_library
 from engine.pipeline import Pipeliner
 from engine.settings import Settings
 from engine.types import Decision, Reservation, Resource, ResourceSpec, WaitlistEntry, from_flat
+
+
+def _decision(flat: list[Any]) -> Decision:
+    return from_flat(Decision, flat)
 
 
 def _opt(value: int | None) -> str:
@@ -53,12 +58,13 @@ class Engine:
         if not url:
             raise ValueError("no Redis URL: set REDIS_URL")
         self.settings = settings
+        self._ttl_arg = str(settings.idempotency_ttl_ms)
         self.redis = _client(url, settings, settings.retries, settings.max_connections)
         # Definition changes are not idempotent (a retried create would report
         # ALREADY_EXISTS): they go through a client that never retries.
         self._admin = _client(url, settings, 0, 4)
-        self._pipe = Pipeliner(self.redis, self.load_library, wait_replicas=settings.wait_replicas,
-                               wait_timeout_ms=settings.wait_timeout_ms)
+        self._pipe = Pipeliner(self.redis, self.load_library, timeout=settings.socket_timeout,
+                               wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
 
     async def start(self) -> None:
         await self.load_library()
@@ -98,30 +104,33 @@ class Engine:
     def _keys(self, resource_id: str) -> tuple[str, ...]:
         return keys.resource_keys(resource_id, self.settings.partitions)
 
-    async def _fcall(self, function: str, keys_: tuple[str, ...], *args: Any, admin: bool = False) -> Any:
+    def _call(self, function: str, keys_: tuple[str, ...], *args: Any) -> asyncio.Future:
+        """Pipelined; await the future for the reply. Its errors arrive as
+        EngineErrors. A plain function, not a coroutine: each coroutine
+        between a handler and the reply is one more frame to resume when the
+        reply arrives, on every commit."""
+        return self._pipe.call("FCALL", function, len(keys_), *keys_, *args)
+
+    async def _admin_call(self, function: str, keys_: tuple[str, ...], *args: Any) -> Any:
+        """One call on the client that never retries (definition changes)."""
         command = ("FCALL", function, len(keys_), *keys_, *args)
         try:
-            if admin:
-                try:
-                    return await self._admin.execute_command(*command)
-                except Exception as exc:
-                    if "function not found" not in str(exc).lower():
-                        raise
-                    await self.load_library()
-                    return await self._admin.execute_command(*command)
-            return await self._pipe.call(*command)
+            try:
+                return await self._admin.execute_command(*command)
+            except Exception as exc:
+                if not is_missing_function(exc):
+                    raise
+                await self.load_library()
+                return await self._admin.execute_command(*command)
         except EngineError:
             raise
         except Exception as exc:
             raise translate(exc) from exc
 
-    async def _decide(self, function: str, keys_: tuple[str, ...], *args: Any, admin: bool = False) -> Decision:
-        return from_flat(Decision, await self._fcall(function, keys_, *args, admin=admin))
-
     # -- definition (operators)
 
     async def create_resource(self, spec: ResourceSpec) -> Decision:
-        return await self._decide(
+        return _decision(await self._admin_call(
             "resv_create",
             self._keys(spec.resource_id),
             spec.resource_id,
@@ -132,8 +141,7 @@ class Engine:
             "1" if spec.waitlist_enabled else "0",
             _opt(spec.max_per_request),
             _opt(spec.max_per_client),
-            admin=True,
-        )
+        ))
 
     async def configure(self, resource_id: str, expected_version: int, changes: dict[str, Any]) -> Decision:
         """changes: rule name -> value (None clears an optional rule); `state`
@@ -143,15 +151,17 @@ class Engine:
             if isinstance(value, bool):
                 value = "1" if value else "0"
             pairs += [name, "" if value is None else str(value)]
-        return await self._decide(
-            "resv_configure", self._keys(resource_id), resource_id, str(expected_version), *pairs, admin=True
-        )
+        return _decision(await self._admin_call(
+            "resv_configure", self._keys(resource_id), resource_id, str(expected_version), *pairs
+        ))
 
     async def open(self, resource_id: str, expected_version: int) -> Decision:
-        return await self._decide("resv_open", self._keys(resource_id), resource_id, str(expected_version), admin=True)
+        return _decision(await self._admin_call("resv_open", self._keys(resource_id), resource_id,
+                                                str(expected_version)))
 
     async def close(self, resource_id: str, expected_version: int) -> Decision:
-        return await self._decide("resv_close", self._keys(resource_id), resource_id, str(expected_version), admin=True)
+        return _decision(await self._admin_call("resv_close", self._keys(resource_id), resource_id,
+                                                str(expected_version)))
 
     # -- commits (clients)
 
@@ -160,48 +170,49 @@ class Engine:
         fresh one is made when none is given."""
         request_id = request_id or uuid.uuid4().hex
         p = self.settings.partitions
-        return await self._decide(
+        return _decision(await self._call(
             "resv_reserve",
             (*self._keys(resource_id), keys.request_key(resource_id, request_id, p)),
             resource_id,
             client_id,
             str(quantity),
             request_id,
-            str(self.settings.idempotency_ttl_ms),
-        )
+            self._ttl_arg,
+        ))
 
     async def cancel(self, reservation_id: str) -> Decision | None:
         """None when the id names no resource (so no reservation)."""
         resource_id = keys.resource_of_reservation(reservation_id)
         if resource_id is None:
             return None
-        return await self._decide("resv_cancel", self._keys(resource_id), resource_id, reservation_id)
+        return _decision(await self._call("resv_cancel", self._keys(resource_id), resource_id, reservation_id))
 
     async def join_waitlist(self, resource_id: str, client_id: str, quantity: int) -> Decision:
-        return await self._decide("resv_wl_join", self._keys(resource_id), resource_id, client_id, str(quantity))
+        return _decision(await self._call("resv_wl_join", self._keys(resource_id), resource_id, client_id,
+                                          str(quantity)))
 
     async def leave_waitlist(self, entry_id: str) -> Decision | None:
         resource_id = keys.resource_of_entry(entry_id)
         if resource_id is None:
             return None
-        return await self._decide("resv_wl_leave", self._keys(resource_id), resource_id, entry_id)
+        return _decision(await self._call("resv_wl_leave", self._keys(resource_id), resource_id, entry_id))
 
     # -- reads (source of truth; no event)
 
     async def resource(self, resource_id: str) -> Resource | None:
-        flat = await self._fcall("resv_resource", self._keys(resource_id), resource_id)
+        flat = await self._call("resv_resource", self._keys(resource_id), resource_id)
         return from_flat(Resource, flat) if flat else None
 
     async def reservation(self, reservation_id: str) -> Reservation | None:
         resource_id = keys.resource_of_reservation(reservation_id)
         if resource_id is None:
             return None
-        flat = await self._fcall("resv_reservation", self._keys(resource_id), resource_id, reservation_id)
+        flat = await self._call("resv_reservation", self._keys(resource_id), resource_id, reservation_id)
         return from_flat(Reservation, flat) if flat else None
 
     async def waitlist_entry(self, entry_id: str) -> WaitlistEntry | None:
         resource_id = keys.resource_of_entry(entry_id)
         if resource_id is None:
             return None
-        flat = await self._fcall("resv_wl_position", self._keys(resource_id), resource_id, entry_id)
+        flat = await self._call("resv_wl_position", self._keys(resource_id), resource_id, entry_id)
         return from_flat(WaitlistEntry, flat) if flat else None

@@ -53,9 +53,15 @@ def is_missing_function(exc: BaseException) -> bool:
 
 
 def translate(exc: BaseException) -> EngineError:
-    """Maps a redis-py failure to an engine error."""
+    """Maps a redis-py failure to an engine error (caused by it)."""
     if isinstance(exc, EngineError):
         return exc
+    error = _translated(exc)
+    error.__cause__ = exc
+    return error
+
+
+def _translated(exc: BaseException) -> EngineError:
     if isinstance(exc, _UNAVAILABLE):
         return EngineUnavailable(f"{type(exc).__name__}: {exc}")  # class names the cause (OOM...)
     message = str(exc)

@@ -1,14 +1,24 @@
 """Coalesces concurrent calls into pipelines.
 
-Calls made in the same event-loop tick are sent together in one round trip
-(non-transactional pipeline: each FCALL is atomic on its own). Under load this
-amortises the round trip and the per-command overhead of the client across
-many requests; with a single caller it adds only one loop iteration.
+Calls are sent in batches (non-transactional: each FCALL is atomic on its
+own) on one lane (`engine.lane`), a connection that carries many batches in
+flight: a batch goes out as soon as `flush_at` calls are waiting, or at the end
+of the loop tick that made the first of them. Under load this amortises the
+round trip and the client's per-command cost over many requests while Redis
+works on one batch as the API prepares the next; a single caller waits one
+loop iteration more.
+
+Until the lane is open, when it fails, and under RESV_WAIT_REPLICAS (a WAIT
+after each batch would stall every batch behind it on one connection),
+batches go through redis-py's retrying path instead: one pooled connection
+per batch, retried as a whole. Every call sent here is idempotent, so a batch
+whose replies were lost can be sent again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,12 +26,17 @@ from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.errors import NotReplicated, is_missing_function
-
-Command = tuple[Any, ...]
+from engine.errors import NotReplicated, is_missing_function, translate
+from engine.lane import Batch, Command, Lane
 
 # Functions that write: only they wait for replicas.
 READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_version"})
+
+log = logging.getLogger("resv.engine")
+
+REOPEN_DELAY_S = 0.25
+"""After a lane failed to open, batches take the retrying path this long
+before another attempt (a server that is down is not hammered)."""
 
 
 class Pipeliner:
@@ -29,59 +44,132 @@ class Pipeliner:
         self,
         redis: Redis,
         on_missing_function: Callable[[], Awaitable[Any]],
+        flush_at: int = 8,
         max_batch: int = 512,
+        timeout: float = 1.0,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
         self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._reload = on_missing_function
+        self._flush_at = flush_at
         self._max_batch = max_batch
-        self._pending: list[tuple[Command, asyncio.Future]] = []
+        self._timeout = timeout
+        self._pending: Batch = []
         self._scheduled = False
         self._tasks: set[asyncio.Task] = set()
+        self._lane: Lane | None = None
+        self._opening = False
+        self._reopen_at = 0.0
+        self._closed = False
 
-    async def call(self, *command: Any) -> Any:
+    def call(self, *command: Any) -> asyncio.Future:
+        """Queues the command; await the future for its reply. A plain
+        function, not a coroutine: one frame less to resume per reply."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((command, future))
-        if not self._scheduled:
+        if len(self._pending) >= self._flush_at and self._lane is not None:
+            self._flush()  # without a lane: one batch per tick, one pooled connection
+        elif not self._scheduled:
             self._scheduled = True
             loop.call_soon(self._flush)
-        return await future
+        return future
 
     def _flush(self) -> None:
         self._scheduled = False
         pending, self._pending = self._pending, []
-        for start in range(0, len(pending), self._max_batch):
-            task = asyncio.create_task(self._send(pending[start : start + self._max_batch]))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+        if not pending:
+            return
+        batches = [pending[i : i + self._max_batch] for i in range(0, len(pending), self._max_batch)]
+        lane = self._lane
+        if lane is not None and lane.ready:
+            for batch in batches:
+                lane.send(batch)
+            return
+        self._open_lane()
+        for batch in batches:
+            self._spawn(self._send(batch))
 
-    async def _send(self, batch: list[tuple[Command, asyncio.Future]]) -> None:
+    # -- the lane
+
+    def _open_lane(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._wait or self._opening or self._closed or loop.time() < self._reopen_at:
+            return
+        self._opening = True
+        self._spawn(self._connect_lane())
+
+    async def _connect_lane(self) -> None:
+        conn = self._redis.connection_pool.make_connection()
         try:
-            results = await self._execute([c for c, _ in batch])
-            missing = [i for i, r in enumerate(results) if is_missing_function(r)]
-            if missing:
-                # The library was flushed or the server replaced: load, resend.
-                await self._reload()
-                again = await self._execute([batch[i][0] for i in missing])
-                for i, result in zip(missing, again):
-                    results[i] = result
-        except BaseException as exc:  # the whole round trip failed
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
+            lane = await Lane.open(conn, self._timeout, self._settle_or_reload, self._lane_lost)
+        except Exception:  # noqa: BLE001 - the retrying path reports the failure to callers
+            await conn.disconnect()
+            self._reopen_at = asyncio.get_running_loop().time() + REOPEN_DELAY_S
+        else:
+            if self._closed:
+                lane.close()
+            else:
+                self._lane = lane
+        finally:
+            self._opening = False
+
+    def _lane_lost(self, batches: list[Batch], error: BaseException) -> None:
+        """The lane died: what it had in flight goes the retrying way (the
+        server may have run some of it: every call here is idempotent)."""
+        self._lane = None
+        if batches and not self._closed:
+            log.warning("Redis connection lost (%s); %d batches in flight sent again", error, len(batches))
+        for batch in batches:
+            self._spawn(self._send(batch))
+
+    # -- replies
+
+    def _settle_or_reload(self, batch: Batch, results: list[Any]) -> None:
+        if any(is_missing_function(r) for r in results if isinstance(r, ResponseError)):
+            self._spawn(self._settle_after_reload(batch, results))
+        else:
+            _settle(batch, results)
+
+    async def _settle_after_reload(self, batch: Batch, results: list[Any]) -> None:
+        try:
+            await self._reload_and_resend(batch, results)
+        except BaseException as exc:
+            _fail(batch, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        for (_, future), result in zip(batch, results):
-            if future.done():
-                continue
-            if isinstance(result, Exception):
-                future.set_exception(result)
-            else:
-                future.set_result(result)
+        _settle(batch, results)
+
+    async def _reload_and_resend(self, batch: Batch, results: list[Any]) -> None:
+        """The library was flushed or the server replaced: load it and send
+        again the calls that found no function."""
+        missing = [i for i, r in enumerate(results) if is_missing_function(r)]
+        if missing:
+            await self._reload()
+            again = await self._execute([batch[i][0] for i in missing])
+            for i, result in zip(missing, again):
+                results[i] = result
+
+    # -- the retrying path
+
+    def _spawn(self, coroutine: Any) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send(self, batch: Batch) -> None:
+        try:
+            results = await self._execute([c for c, _ in batch])
+            await self._reload_and_resend(batch, results)
+        except BaseException as exc:  # the whole round trip failed
+            _fail(batch, exc)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+            return
+        _settle(batch, results)
 
     async def _execute(self, commands: list[Command]) -> list[Any]:
         if self._wait and any(c[1] not in READ_FUNCTIONS for c in commands):
@@ -128,6 +216,34 @@ class Pipeliner:
         ]
 
     async def aclose(self) -> None:
-        if self._tasks:
+        """Lets the calls in flight finish (at most the timeout), then closes."""
+        self._closed = True
+        lane, self._lane = self._lane, None
+        if lane is not None:
+            deadline = asyncio.get_running_loop().time() + self._timeout
+            while not lane.idle and lane.ready and asyncio.get_running_loop().time() < deadline:
+                await asyncio.sleep(0.005)
+            lane.close()
+        while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _settle(batch: Batch, results: list[Any]) -> None:
+    for (_, future), result in zip(batch, results):
+        if future.done():  # cancelled: its caller gave up (request deadline)
+            continue
+        if isinstance(result, Exception):
+            future.set_exception(translate(result))
+        else:
+            future.set_result(result)
+
+
+def _fail(batch: Batch, error: BaseException) -> None:
+    for _, future in batch:
+        if future.done():
+            continue
+        if isinstance(error, Exception):
+            future.set_exception(translate(error))
+        else:
+            future.cancel()
 
