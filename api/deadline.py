@@ -1,10 +1,10 @@
 """The request deadline: how long a request may wait for Redis.
 
-The engine's client has socket timeouts and retries, but its total is not
-bounded tightly: an idle connection's health check retries on its own before
-the command does, so a hung server can hold a call for ~10 s. The API bounds
-every engine call at `seconds` (RESV_REQUEST_DEADLINE_S, 3 s) and answers 503
-past it.
+The engine's calls have socket timeouts and retries, but their total (each
+attempt's timeout, the backoff between attempts, a lane's calls sent again
+after it failed) is not one number a client can rely on. The API bounds every
+engine call at `seconds` (RESV_REQUEST_DEADLINE_S, 3 s) and answers 503 past
+it.
 
 `asyncio.timeout` would cost a timer per call (~4 us on the hot path); here
 one sweeper per process, running every `resolution` seconds while calls are
@@ -31,23 +31,26 @@ class Deadline:
         self._queue: deque[list] = deque()  # [deadline, task or None when done, fired]
         self._sweeper: asyncio.TimerHandle | None = None
 
+    def guard(self) -> Guard:
+        """`with deadline.guard(): await call`: TimeoutError when the
+        awaits inside take longer than the deadline. A context manager, not a
+        coroutine wrapping the call: one frame less to resume per reply on the
+        commit path."""
+        return Guard(self)
+
     async def run(self, call: Awaitable[T]) -> T:
         """Awaits `call`; TimeoutError when it is not done in time. A commit
         sent meanwhile keeps its request id: a retry with the same
         Idempotency-Key gets its decision."""
-        task = asyncio.current_task()
+        with Guard(self):
+            return await call
+
+    def _watch(self, task: asyncio.Task | None) -> list:
         entry = [time.monotonic() + self.seconds, task, False]
         self._queue.append(entry)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
-        try:
-            return await call
-        except asyncio.CancelledError:
-            if entry[2] and task is not None and task.uncancel() == 0:
-                raise TimeoutError("engine call past the request deadline") from None
-            raise
-        finally:
-            entry[1] = None
+        return entry
 
     def _sweep(self) -> None:
         now = time.monotonic()
@@ -59,3 +62,22 @@ class Deadline:
                 entry[2] = True
                 task.cancel()
         self._sweeper = asyncio.get_running_loop().call_later(self.resolution, self._sweep) if queue else None
+
+
+class Guard:
+    """One awaited call under the deadline (see Deadline.guard)."""
+
+    __slots__ = ("_deadline", "_entry")
+
+    def __init__(self, deadline: Deadline) -> None:
+        self._deadline = deadline
+
+    def __enter__(self) -> None:
+        self._entry = self._deadline._watch(asyncio.current_task())
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        entry = self._entry
+        task = entry[1]
+        entry[1] = None
+        if kind is asyncio.CancelledError and entry[2] and task is not None and task.uncancel() == 0:
+            raise TimeoutError("engine call past the request deadline") from None

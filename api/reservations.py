@@ -85,8 +85,8 @@ class ReservationController(Controller):
                            "header Idempotency-Key: must be 1-128 printable ASCII characters without spaces")
         oplog.note(request.scope).request_id = request_id
         svc = services(request)
-        decision = await svc.within_deadline(
-            svc.engine.reserve(body.resource_id, body.client_id, body.quantity, request_id))
+        with svc.deadline.guard():
+            decision = await svc.engine.reserve(body.resource_id, body.client_id, body.quantity, request_id)
         decisions.record(request.scope, decision)
         if decision.decision == "CONFIRMED":
             return decisions.json(decisions.reservation(decision), 201)  # type: ignore[return-value]

@@ -9,6 +9,7 @@ or a leave finds its keys without a lookup.
 from __future__ import annotations
 
 import zlib
+from functools import lru_cache
 
 RESERVATION_SEP = "~"
 ENTRY_SEP = "~w"
@@ -26,9 +27,16 @@ def stream_key(partition: int) -> str:
     return prefix(partition) + "events"
 
 
+# Cached: every call needs them, and a resource takes many calls.
+@lru_cache(maxsize=4096)
+def resource_prefix(resource_id: str, partitions: int) -> str:
+    return prefix(partition_of(resource_id, partitions))
+
+
+@lru_cache(maxsize=4096)
 def resource_keys(resource_id: str, partitions: int) -> tuple[str, str, str, str, str, str]:
     """The six keys every resource call takes, in the Lua contract's order."""
-    p = prefix(partition_of(resource_id, partitions))
+    p = resource_prefix(resource_id, partitions)
     return (
         f"{p}res:{resource_id}",
         f"{p}bk:{resource_id}",
@@ -40,7 +48,7 @@ def resource_keys(resource_id: str, partitions: int) -> tuple[str, str, str, str
 
 
 def request_key(resource_id: str, request_id: str, partitions: int) -> str:
-    return f"{prefix(partition_of(resource_id, partitions))}req:{resource_id}:{request_id}"
+    return f"{resource_prefix(resource_id, partitions)}req:{resource_id}:{request_id}"
 
 
 def resource_of_reservation(reservation_id: str) -> str | None:
