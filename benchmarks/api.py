@@ -12,13 +12,17 @@ and its scheduling delays show up as p99) measures, for each worker count:
   echo POST           the POST ceiling (a reservation-shaped body, decoded)
   POST /reservations  every one CONFIRMED (capacity 1e9, distinct client ids)
 
-and prints req/s, p50, p99 and the ratio to the matching echo ceiling. Like
+and prints req/s, p50, p99 and the ratio to the matching echo ceiling. Runs
+are SETTLE_S apart: a run started right as the previous one's 64 connections
+close saw ~1% of its requests take up to ~230 ms (any route, the echo too;
+no retransmission or event-loop stall showed), which is the previous run's
+teardown, not the route under test. Like
 `make bench-engine`, the table runs Valkey without AOF (RESV_DURABILITY=relaxed:
 the CPU path); a last row measures POST /reservations under the strict profile
 (AOF, `appendfsync always`, the default of `resv serve`) with the best worker
 count, where the disk's fsync sets the pace.
 
-    python -m benchmarks.api [--duration 12] [--rounds 3] [--workers 1,2]
+    python -m benchmarks.api [--duration 18] [--rounds 3] [--workers 1,2]
 
 Needs wrk: install it with `apt-get install -y wrk` (Debian/Ubuntu) or
 `brew install wrk` (macOS).
@@ -45,6 +49,7 @@ OPERATOR_KEY = "bench-operator"
 RESOURCE = "bench"
 CONNECTIONS = 64
 THREADS = 1
+SETTLE_S = 1.0
 
 WRK_SCRIPT = r"""
 -- Distinct client ids per thread and request; JSON summary at the end.
@@ -95,7 +100,7 @@ ROWS = [
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.api", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=12, help="seconds per row, all rounds together (default 12)")
+    parser.add_argument("--duration", type=int, default=18, help="seconds per row, all rounds together (default 18)")
     parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="split each row's time into this many runs, the rows taking turns; the median "
@@ -193,6 +198,7 @@ class Server:
 
 
 def run_wrk(wrk: str, script: Path, url: str, method: str, seconds: int) -> dict:
+    time.sleep(SETTLE_S)
     out = subprocess.run(
         [wrk, f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency", "-s", str(script), url,
          "--", method, CLIENT_KEY],
