@@ -32,7 +32,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     idempotency_ttl_ms: int = 86_400_000
     """RESV_IDEMPOTENCY_TTL_MS: how long a request id's decision is remembered."""
     socket_timeout: float = 1.0
-    """RESV_REDIS_TIMEOUT_S: per-command socket timeout."""
+    """RESV_REDIS_TIMEOUT_S: per-command socket timeout; also how long the
+    lane (engine/lane.py) waits for a reply before dropping its connection."""
     retries: int = 2
     """RESV_REDIS_RETRIES: retries of a call whose connection failed or timed
     out. Safe because commits are idempotent on their request id."""
