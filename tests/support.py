@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import redis
@@ -70,3 +71,15 @@ def events(r: redis.Redis, resource_id: str | None = None) -> list[dict[str, str
             if resource_id is None or ev.get("resource_id") == resource_id:
                 out.append(ev)
     return out
+
+
+async def open_lane(engine: Any, resource_id: str) -> Any:
+    """Makes calls until the engine's lane (engine/lane.py) carries them;
+    returns the lane. White box: which connection carried the calls."""
+    for _ in range(200):
+        await engine.resource(resource_id)
+        lane = engine._pipe._lane
+        if lane is not None and lane.ready:
+            return lane
+        await asyncio.sleep(0.01)
+    raise AssertionError("the lane never opened")

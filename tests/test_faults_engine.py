@@ -18,7 +18,7 @@ from engine import Engine, EngineUnavailable, ResourceSpec, Settings
 from engine.embedded import EmbeddedRedis
 from tests.history import Observation, check
 from tests.report import record
-from tests.support import events
+from tests.support import events, open_lane
 
 PARTITIONS = 16
 
@@ -102,16 +102,21 @@ async def test_out_of_memory_refuses_cleanly_and_recovers():
                lost=0, duplicated=0, overbooked=0)
 
 
-async def test_paused_server_fails_fast_and_retry_never_double_books():
+@pytest.mark.parametrize("path", ["retrying", "lane"])
+async def test_paused_server_fails_fast_and_retry_never_double_books(path):
+    """Before the engine's lane is open, calls take redis-py's retrying path;
+    once it is, the lane's watchdog gives up on the server, then that path."""
     with EmbeddedRedis() as server:
         settings = Settings(redis_url=server.url, partitions=PARTITIONS, socket_timeout=0.3, retries=1)
         async with Engine(settings) as engine:
             await engine.create_resource(ResourceSpec(resource_id="slow", type="t", capacity=10))
+            if path == "lane":
+                await open_lane(engine, "slow")
             os.kill(server.pid, signal.SIGSTOP)
             try:
                 started = time.monotonic()
                 with pytest.raises(EngineUnavailable):
-                    await engine.reserve("slow", "al", 2, "the-request")
+                    await asyncio.wait_for(engine.reserve("slow", "al", 2, "the-request"), 10)
                 assert time.monotonic() - started < 3.0  # bounded, not hung
             finally:
                 os.kill(server.pid, signal.SIGCONT)
@@ -125,5 +130,5 @@ async def test_paused_server_fails_fast_and_retry_never_double_books():
             decided = [e for e in events(sync, "slow") if e["type"] == "RESERVATION_CONFIRMED"]
             assert len(decided) == 1
             sync.close()
-        record("engine: server paused (SIGSTOP), retry same request id", faults=1, requests=3,
+        record(f"engine: server paused (SIGSTOP), retry same request id ({path} path)", faults=1, requests=3,
                decisions=len(decided), lost=0, duplicated=len(decided) - 1, overbooked=0)
