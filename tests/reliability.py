@@ -14,6 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = [
     "tests/test_faults_engine.py",
+    "tests/test_lane.py",
     "tests/test_lua_fuzz.py",
     "tests/test_contention.py",
     "tests/test_faults_api.py",

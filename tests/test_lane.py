@@ -11,6 +11,8 @@ import redis
 
 from engine import Engine, ResourceSpec, Settings
 from engine.embedded import EmbeddedRedis
+from tests.history import Observation, check
+from tests.report import record
 from tests.support import events, open_lane
 
 PARTITIONS = 16
@@ -46,9 +48,16 @@ async def test_lane_lost_with_calls_in_flight_resends_them_once(redis_url: str) 
         assert len({d.reservation_id for d in decisions}) == 200
         assert (await engine.resource("cut")).reserved == 200
         sync = redis.Redis.from_url(redis_url, decode_responses=True)
-        confirmed = [e for e in events(sync, "cut") if e["type"] == "RESERVATION_CONFIRMED"]
+        log = events(sync, "cut")
         sync.close()
+        confirmed = [e for e in log if e["type"] == "RESERVATION_CONFIRMED"]
         assert len(confirmed) == 200  # a call the server ran before the cut was replayed, not rebooked
+        report = check([Observation(d.request_id, "cut", d.decision, d.reservation_id) for d in decisions],
+                       log, {"cut": 1000})
+        s = report.summary()
+        record("engine: lane connection cut with 200 calls in flight", faults=1, requests=s["requests"],
+               decisions=s["decisions"], lost=s["lost"], duplicated=s["duplicated"], overbooked=s["overbooked"])
+        assert report.ok, s
         assert await open_lane(engine, "cut") is not lane  # and a new lane took over
 
 
