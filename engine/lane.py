@@ -34,14 +34,15 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 Command = tuple[Any, ...]
 Batch = list[tuple[Command, asyncio.Future]]
 OnReplies = Callable[[Batch, list[Any]], None]
-OnLost = Callable[[list[Batch], BaseException], None]
+OnLost = Callable[["Lane", list[Batch], BaseException], None]
 
 
 class Lane(asyncio.Protocol):
     """Batches are answered in the order they were sent (one connection,
     one server thread). `on_replies(batch, replies)` gets each batch's
-    replies, error replies as redis-py exceptions; `on_lost(batches, error)`
-    gets, once, the batches sent but not fully answered when the lane died."""
+    replies, error replies as redis-py exceptions; `on_lost(lane, batches,
+    error)` gets, once, the batches sent but not fully answered when the lane
+    died."""
 
     def __init__(self, timeout: float, on_replies: OnReplies, on_lost: OnLost) -> None:
         self._timeout = timeout
@@ -89,11 +90,11 @@ class Lane(asyncio.Protocol):
 
     def send(self, batch: Batch) -> None:
         """Writes the batch now (the transport buffers what the socket does
-        not take at once)."""
+        not take at once). If the write raises, nothing of it was sent."""
+        self._transport.write(b"".join([hiredis.pack_command(command) for command, _ in batch]))  # type: ignore[union-attr]
         if not self._in_flight:
             self._progress = self._loop.time()
         self._in_flight.append(batch)
-        self._transport.write(b"".join([hiredis.pack_command(command) for command, _ in batch]))  # type: ignore[union-attr]
         if self._watchdog is None:
             self._watchdog = self._loop.call_later(self._timeout, self._check_progress)
 
@@ -137,7 +138,7 @@ class Lane(asyncio.Protocol):
         batches, self._in_flight, self._replies = list(self._in_flight), deque(), []
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
-            on_lost(batches, error)
+            on_lost(self, batches, error)
 
     # -- failure
 

@@ -85,9 +85,14 @@ class Pipeliner:
         batches = [pending[i : i + self._max_batch] for i in range(0, len(pending), self._max_batch)]
         lane = self._lane
         if lane is not None and lane.ready:
-            for batch in batches:
-                lane.send(batch)
-            return
+            try:
+                while batches:
+                    lane.send(batches[0])
+                    batches.pop(0)
+                return
+            except Exception as exc:  # noqa: BLE001 - the transport refused: what is left goes the other way
+                log.warning("Redis connection refused a write (%s); its calls are sent again", exc)
+                lane.close()
         self._open_lane()
         for batch in batches:
             self._spawn(self._send(batch))
@@ -97,6 +102,8 @@ class Pipeliner:
     def _open_lane(self) -> None:
         loop = asyncio.get_running_loop()
         if self._wait or self._opening or self._closed or loop.time() < self._reopen_at:
+            return
+        if self._lane is not None and self._lane.ready:
             return
         self._opening = True
         self._spawn(self._connect_lane())
@@ -116,10 +123,11 @@ class Pipeliner:
         finally:
             self._opening = False
 
-    def _lane_lost(self, batches: list[Batch], error: BaseException) -> None:
-        """The lane died: what it had in flight goes the retrying way (the
+    def _lane_lost(self, lane: Lane, batches: list[Batch], error: BaseException) -> None:
+        """A lane died: what it had in flight goes the retrying way (the
         server may have run some of it: every call here is idempotent)."""
-        self._lane = None
+        if self._lane is lane:
+            self._lane = None
         if batches and not self._closed:
             log.warning("Redis connection lost (%s); %d batches in flight sent again", error, len(batches))
         for batch in batches:

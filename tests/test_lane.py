@@ -61,6 +61,31 @@ async def test_lane_lost_with_calls_in_flight_resends_them_once(redis_url: str) 
         assert await open_lane(engine, "cut") is not lane  # and a new lane took over
 
 
+class RefusingTransport:
+    """A transport whose writes fail (a socket closed under it)."""
+
+    def __init__(self, transport) -> None:
+        self._transport = transport
+
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("transport refused the write")
+
+    def __getattr__(self, name: str):
+        return getattr(self._transport, name)
+
+
+async def test_a_refused_write_sends_the_calls_the_retrying_way(redis_url: str) -> None:
+    async with Engine(Settings(redis_url=redis_url, partitions=PARTITIONS)) as engine:
+        await engine.create_resource(ResourceSpec(resource_id="refused", type="t", capacity=100))
+        lane = await open_lane(engine, "refused")
+        lane._transport = RefusingTransport(lane._transport)
+        decisions = await asyncio.wait_for(
+            asyncio.gather(*[engine.reserve("refused", f"c{i}", 1, f"r-{i}") for i in range(20)]), 10)
+        assert all(d.confirmed for d in decisions)
+        assert (await engine.resource("refused")).reserved == 20
+        assert await open_lane(engine, "refused") is not lane
+
+
 async def test_lane_signs_in_with_the_urls_user_and_database() -> None:
     # The default user may only PING; everything else needs the URL's user.
     acl = ["--user", "default", "on", "nopass", "-@all", "+ping",
