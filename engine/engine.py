@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from typing import Any
 
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -37,7 +37,7 @@ def _client(url: str, settings: Settings, retries: int, max_connections: int) ->
     # redis-py does the retrying: commits sent through the retrying client are
     # idempotent (request id, reservation id, one entry per client), so a retry
     # after a lost reply can never book twice.
-    pool = ConnectionPool.from_url(
+    pool = BlockingConnectionPool.from_url(
         url,
         decode_responses=True,
         socket_timeout=settings.socket_timeout,
@@ -46,6 +46,9 @@ def _client(url: str, settings: Settings, retries: int, max_connections: int) ->
         # command's retries, and stretched a call to a hung server past 9 s.
         # A dead connection fails its command, which is retried.
         max_connections=max_connections,
+        # A batch waits this long for a free connection rather than failing
+        # at once (many batches sent again when a lane dies, a slow server).
+        timeout=settings.socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
     )

@@ -32,7 +32,10 @@ from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 Command = tuple[Any, ...]
-Batch = list[tuple[Command, asyncio.Future]]
+Call = tuple[Command, bytes, asyncio.Future]
+"""A command, its RESP encoding (packed once, when the call is made) and the
+future its caller awaits."""
+Batch = list[Call]
 OnReplies = Callable[[Batch, list[Any]], None]
 OnLost = Callable[["Lane", list[Batch], BaseException], None]
 
@@ -60,10 +63,14 @@ class Lane(asyncio.Protocol):
         self._error: BaseException | None = None
         self._progress = 0.0  # loop time of the last reply (or first send)
         self._watchdog: asyncio.TimerHandle | None = None
+        self.lost: asyncio.Future = self._loop.create_future()
+        """Done once the connection is closed and on_lost has run."""
 
     @classmethod
     async def open(cls, conn: AbstractConnection, timeout: float, on_replies: OnReplies, on_lost: OnLost) -> Lane:
-        """Connects `conn` (a fresh redis-py connection) and takes its socket."""
+        """Connects `conn` (a fresh redis-py connection) and takes its socket.
+        Either protocol: redis-py 8 speaks RESP3 by default, whose server
+        pushes (maintenance notifications) are skipped, not taken as replies."""
         await conn.connect()
         lane = cls(timeout, on_replies, on_lost)
         # redis-py keeps no public handle on its transport. The lane takes
@@ -91,7 +98,7 @@ class Lane(asyncio.Protocol):
     def send(self, batch: Batch) -> None:
         """Writes the batch now (the transport buffers what the socket does
         not take at once). If the write raises, nothing of it was sent."""
-        self._transport.write(b"".join([hiredis.pack_command(command) for command, _ in batch]))  # type: ignore[union-attr]
+        self._transport.write(b"".join([packed for _, packed, _ in batch]))  # type: ignore[union-attr]
         if not self._in_flight:
             self._progress = self._loop.time()
         self._in_flight.append(batch)
@@ -99,8 +106,13 @@ class Lane(asyncio.Protocol):
             self._watchdog = self._loop.call_later(self._timeout, self._check_progress)
 
     def close(self) -> None:
+        """Closes once what is written has gone out; `lost` follows."""
         if self._transport is not None:
             self._transport.close()
+
+    def abort(self) -> None:
+        """Drops the connection now; `lost` follows."""
+        self._fail(RedisConnectionError("connection dropped by the engine"))
 
     # -- asyncio.Protocol
 
@@ -114,6 +126,8 @@ class Lane(asyncio.Protocol):
                 return self._fail(exc)
             if reply is False:  # incomplete
                 return
+            if isinstance(reply, hiredis.PushNotification):  # RESP3: not a reply to anyone
+                continue
             if isinstance(reply, RedisConnectionError) or not self._in_flight:
                 # LOADING and the like (the command did not run), or a reply
                 # nobody asked for: the connection cannot be trusted.
@@ -139,6 +153,8 @@ class Lane(asyncio.Protocol):
         on_lost, self._on_lost = self._on_lost, None
         if on_lost is not None:
             on_lost(self, batches, error)
+        if not self.lost.done():
+            self.lost.set_result(None)
 
     # -- failure
 

@@ -26,7 +26,7 @@ from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.errors import NotReplicated, is_missing_function, translate
+from engine.errors import EngineUnavailable, NotReplicated, is_missing_function, translate
 from engine.lane import Batch, Command, Lane
 
 # Functions that write: only they wait for replicas.
@@ -53,6 +53,7 @@ class Pipeliner:
         self._redis = redis
         self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._reload = on_missing_function
+        self._reloading = asyncio.Lock()
         self._flush_at = flush_at
         self._max_batch = max_batch
         self._timeout = timeout
@@ -60,6 +61,7 @@ class Pipeliner:
         self._scheduled = False
         self._tasks: set[asyncio.Task] = set()
         self._lane: Lane | None = None
+        self._lanes = not self._wait  # a WAIT would stall every batch behind it
         self._opening = False
         self._reopen_at = 0.0
         self._closed = False
@@ -69,8 +71,17 @@ class Pipeliner:
         function, not a coroutine: one frame less to resume per reply."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((command, future))
-        if len(self._pending) >= self._flush_at and self._lane is not None:
+        if self._closed:
+            future.set_exception(EngineUnavailable("the engine is closed"))
+            return future
+        try:
+            packed = pack_command(command)  # a command that cannot be sent fails alone
+        except Exception as exc:  # noqa: BLE001
+            future.set_exception(translate(exc))
+            return future
+        self._pending.append((command, packed, future))
+        lane = self._lane
+        if len(self._pending) >= self._flush_at and lane is not None and lane.ready:
             self._flush()  # without a lane: one batch per tick, one pooled connection
         elif not self._scheduled:
             self._scheduled = True
@@ -82,7 +93,7 @@ class Pipeliner:
         pending, self._pending = self._pending, []
         if not pending:
             return
-        batches = [pending[i : i + self._max_batch] for i in range(0, len(pending), self._max_batch)]
+        batches = self._chunks(pending)
         lane = self._lane
         if lane is not None and lane.ready:
             try:
@@ -97,11 +108,14 @@ class Pipeliner:
         for batch in batches:
             self._spawn(self._send(batch))
 
+    def _chunks(self, calls: Batch) -> list[Batch]:
+        return [calls[i : i + self._max_batch] for i in range(0, len(calls), self._max_batch)]
+
     # -- the lane
 
     def _open_lane(self) -> None:
         loop = asyncio.get_running_loop()
-        if self._wait or self._opening or self._closed or loop.time() < self._reopen_at:
+        if not self._lanes or self._opening or self._closed or loop.time() < self._reopen_at:
             return
         if self._lane is not None and self._lane.ready:
             return
@@ -109,15 +123,20 @@ class Pipeliner:
         self._spawn(self._connect_lane())
 
     async def _connect_lane(self) -> None:
-        conn = self._redis.connection_pool.make_connection()
+        conn = None
         try:
+            conn = self._redis.connection_pool.make_connection()
             lane = await Lane.open(conn, self._timeout, self._settle_or_reload, self._lane_lost)
-        except Exception:  # noqa: BLE001 - the retrying path reports the failure to callers
-            await conn.disconnect()
+        except BaseException as exc:  # the retrying path reports failures to callers
+            if conn is not None:
+                await conn.disconnect()
             self._reopen_at = asyncio.get_running_loop().time() + REOPEN_DELAY_S
+            if not isinstance(exc, Exception):
+                raise
         else:
-            if self._closed:
+            if self._closed or not lane.ready:  # closed meanwhile, or by the server already
                 lane.close()
+                self._reopen_at = asyncio.get_running_loop().time() + REOPEN_DELAY_S
             else:
                 self._lane = lane
         finally:
@@ -125,12 +144,15 @@ class Pipeliner:
 
     def _lane_lost(self, lane: Lane, batches: list[Batch], error: BaseException) -> None:
         """A lane died: what it had in flight goes the retrying way (the
-        server may have run some of it: every call here is idempotent)."""
+        server may have run some of it: every call here is idempotent), in
+        as few batches as possible: each takes a pooled connection."""
         if self._lane is lane:
             self._lane = None
-        if batches and not self._closed:
-            log.warning("Redis connection lost (%s); %d batches in flight sent again", error, len(batches))
-        for batch in batches:
+        if not batches:
+            return
+        log.warning("Redis connection lost (%s); %d calls in flight sent again", error,
+                    sum(map(len, batches)))
+        for batch in self._chunks([call for batch in batches for call in batch]):
             self._spawn(self._send(batch))
 
     # -- replies
@@ -142,24 +164,21 @@ class Pipeliner:
             _settle(batch, results)
 
     async def _settle_after_reload(self, batch: Batch, results: list[Any]) -> None:
-        try:
-            await self._reload_and_resend(batch, results)
-        except BaseException as exc:
-            _fail(batch, exc)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            return
-        _settle(batch, results)
-
-    async def _reload_and_resend(self, batch: Batch, results: list[Any]) -> None:
         """The library was flushed or the server replaced: load it and send
-        again the calls that found no function."""
+        again the calls that found no function; if that fails, only they fail."""
         missing = [i for i, r in enumerate(results) if is_missing_function(r)]
-        if missing:
-            await self._reload()
-            again = await self._execute([batch[i][0] for i in missing])
-            for i, result in zip(missing, again):
-                results[i] = result
+        try:
+            async with self._reloading:  # one reload at a time; it is a no-op once loaded
+                await self._reload()
+            again = await self._execute([batch[i] for i in missing])
+        except BaseException as exc:
+            again = [exc] * len(missing)
+            if not isinstance(exc, Exception):
+                _fail(batch, exc)
+                raise
+        for i, result in zip(missing, again):
+            results[i] = result
+        _settle(batch, results)
 
     # -- the retrying path
 
@@ -170,42 +189,41 @@ class Pipeliner:
 
     async def _send(self, batch: Batch) -> None:
         try:
-            results = await self._execute([c for c, _ in batch])
-            await self._reload_and_resend(batch, results)
+            results = await self._execute(batch)
         except BaseException as exc:  # the whole round trip failed
             _fail(batch, exc)
             if isinstance(exc, asyncio.CancelledError):
                 raise
             return
-        _settle(batch, results)
+        self._settle_or_reload(batch, results)
 
-    async def _execute(self, commands: list[Command]) -> list[Any]:
+    async def _execute(self, batch: Batch) -> list[Any]:
+        commands = [command for command, _, _ in batch]
+        packed = [p for _, p, _ in batch]
         if self._wait and any(c[1] not in READ_FUNCTIONS for c in commands):
-            commands = [*commands, self._wait]
-            *results, acked = await self._round_trip(commands)
+            *results, acked = await self._round_trip([*packed, pack_command(self._wait)])
             return self._check_replicas(commands, results, acked)
-        return await self._round_trip(commands)
+        return await self._round_trip(packed)
 
-    async def _round_trip(self, commands: list[Command]) -> list[Any]:
-        """Writes the batch packed in one send on one pooled connection and
-        reads one reply per command (errors replies included, as exceptions).
-        Cheaper than a redis-py Pipeline object per batch; retried as a whole
-        by the connection's own Retry (the batched calls are idempotent)."""
+    async def _round_trip(self, packed: list[bytes]) -> list[Any]:
+        """Writes the packed commands in one send on one pooled connection
+        and reads one reply per command (errors replies included, as
+        exceptions). Retried as a whole by the connection's own Retry (the
+        batched calls are idempotent)."""
         pool = self._redis.connection_pool
         conn = await pool.get_connection()
         try:
             return await conn.retry.call_with_retry(
-                lambda: self._send_and_read(conn, commands), lambda _error: conn.disconnect()
+                lambda: self._send_and_read(conn, packed), lambda _error: conn.disconnect()
             )
         finally:
             await pool.release(conn)
 
     @staticmethod
-    async def _send_and_read(conn: Any, commands: list[Command]) -> list[Any]:
-        # hiredis packs in C; redis-py's packer was a third of the engine's CPU
-        await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+    async def _send_and_read(conn: Any, packed: list[bytes]) -> list[Any]:
+        await conn.send_packed_command(b"".join(packed), check_health=False)
         results: list[Any] = []
-        for _ in commands:
+        for _ in packed:
             try:
                 results.append(await conn.read_response())
             except ResponseError as exc:
@@ -224,20 +242,28 @@ class Pipeliner:
         ]
 
     async def aclose(self) -> None:
-        """Lets the calls in flight finish (at most the timeout), then closes."""
+        """Sends what is queued, lets the calls in flight finish (at most the
+        timeout), then closes. Calls made afterwards fail at once."""
         self._closed = True
+        self._flush()
         lane, self._lane = self._lane, None
         if lane is not None:
-            deadline = asyncio.get_running_loop().time() + self._timeout
-            while not lane.idle and lane.ready and asyncio.get_running_loop().time() < deadline:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + self._timeout
+            while not lane.idle and lane.ready and loop.time() < deadline:
                 await asyncio.sleep(0.005)
             lane.close()
+            try:  # what it still had in flight goes to the retrying path
+                await asyncio.wait_for(asyncio.shield(lane.lost), self._timeout)
+            except TimeoutError:  # a write buffer the server does not read
+                lane.abort()
+                await lane.lost
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
 def _settle(batch: Batch, results: list[Any]) -> None:
-    for (_, future), result in zip(batch, results):
+    for (_, _, future), result in zip(batch, results):
         if future.done():  # cancelled: its caller gave up (request deadline)
             continue
         if isinstance(result, Exception):
@@ -247,11 +273,10 @@ def _settle(batch: Batch, results: list[Any]) -> None:
 
 
 def _fail(batch: Batch, error: BaseException) -> None:
-    for _, future in batch:
+    for _, _, future in batch:
         if future.done():
             continue
         if isinstance(error, Exception):
             future.set_exception(translate(error))
         else:
             future.cancel()
-

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import redis
 
-from engine import Engine, ResourceSpec, Settings
+from engine import Engine, EngineError, EngineUnavailable, ResourceSpec, Settings
 from engine.embedded import EmbeddedRedis
 from tests.history import Observation, check
 from tests.report import record
@@ -37,25 +38,26 @@ async def test_replies_reach_their_own_callers(redis_url: str) -> None:
 
 async def test_lane_lost_with_calls_in_flight_resends_them_once(redis_url: str) -> None:
     async with Engine(Settings(redis_url=redis_url, partitions=PARTITIONS)) as engine:
-        await engine.create_resource(ResourceSpec(resource_id="cut", type="t", capacity=1000))
+        await engine.create_resource(ResourceSpec(resource_id="cut", type="t", capacity=5000))
         lane = await open_lane(engine, "cut")
-        calls = [asyncio.create_task(engine.reserve("cut", f"c{i}", 1, f"cut-{i}")) for i in range(200)]
+        # 250 batches in flight: more than the pool's connections, were each sent again alone
+        calls = [asyncio.create_task(engine.reserve("cut", f"c{i}", 1, f"cut-{i}")) for i in range(2000)]
         await asyncio.sleep(0)  # the calls are made and written; the replies are not read yet
         assert not lane.idle
         lane._transport.abort()  # the connection drops with batches in flight
         decisions = await asyncio.wait_for(asyncio.gather(*calls), 10)
         assert all(d.confirmed for d in decisions)
-        assert len({d.reservation_id for d in decisions}) == 200
-        assert (await engine.resource("cut")).reserved == 200
+        assert len({d.reservation_id for d in decisions}) == 2000
+        assert (await engine.resource("cut")).reserved == 2000
         sync = redis.Redis.from_url(redis_url, decode_responses=True)
         log = events(sync, "cut")
         sync.close()
         confirmed = [e for e in log if e["type"] == "RESERVATION_CONFIRMED"]
-        assert len(confirmed) == 200  # a call the server ran before the cut was replayed, not rebooked
+        assert len(confirmed) == 2000  # a call the server ran before the cut was replayed, not rebooked
         report = check([Observation(d.request_id, "cut", d.decision, d.reservation_id) for d in decisions],
-                       log, {"cut": 1000})
+                       log, {"cut": 5000})
         s = report.summary()
-        record("engine: lane connection cut with 200 calls in flight", faults=1, requests=s["requests"],
+        record("engine: lane connection cut with 2,000 calls in flight", faults=1, requests=s["requests"],
                decisions=s["decisions"], lost=s["lost"], duplicated=s["duplicated"], overbooked=s["overbooked"])
         assert report.ok, s
         assert await open_lane(engine, "cut") is not lane  # and a new lane took over
@@ -101,3 +103,42 @@ async def test_lane_signs_in_with_the_urls_user_and_database() -> None:
             admin = redis.Redis(port=server.port, username="booker", password="s3cret", db=db)
             assert (admin.dbsize() > 0) is expected_keys
             admin.close()
+
+
+async def test_close_settles_every_call_then_refuses_new_ones(redis_url: str) -> None:
+    engine = Engine(Settings(redis_url=redis_url, partitions=PARTITIONS))
+    await engine.start()
+    await engine.create_resource(ResourceSpec(resource_id="closing", type="t", capacity=1000))
+    await open_lane(engine, "closing")
+    calls = [asyncio.create_task(engine.reserve("closing", f"c{i}", 1, f"k-{i}")) for i in range(301)]
+    await asyncio.sleep(0)  # 296 calls written, not answered; the last 5 queued for the end of the tick
+    assert engine._pipe._pending and not engine._pipe._lane.idle
+    await engine.aclose()
+    await asyncio.sleep(0)  # the callers' tasks take their settled results
+    assert all(c.done() and c.result().confirmed for c in calls)  # nothing left in flight
+    with pytest.raises(EngineUnavailable, match="closed"):
+        await engine.reserve("closing", "after", 1, "k-after")
+
+
+async def test_a_server_push_is_not_taken_for_a_reply(redis_url: str) -> None:
+    async with Engine(Settings(redis_url=redis_url, partitions=PARTITIONS)) as engine:
+        await engine.create_resource(ResourceSpec(resource_id="push", type="t", capacity=10))
+        lane = await open_lane(engine, "push")
+        call = asyncio.create_task(engine.reserve("push", "al", 1, "p-1"))
+        await asyncio.sleep(0)  # written, not answered
+        lane.data_received(b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$2\r\nhi\r\n")  # RESP3 push
+        decision = await asyncio.wait_for(call, 5)
+        assert decision.confirmed and decision.request_id == "p-1"
+        assert engine._pipe._lane is lane and lane.ready
+
+
+async def test_a_call_that_cannot_be_encoded_fails_alone(redis_url: str) -> None:
+    async with Engine(Settings(redis_url=redis_url, partitions=PARTITIONS)) as engine:
+        await engine.create_resource(ResourceSpec(resource_id="enc", type="t", capacity=10))
+        lane = await open_lane(engine, "enc")
+        clients = ["a", "b", "c", "bad\ud800", "d", "e", "f", "g"]  # a lone surrogate: no UTF-8
+        results = await asyncio.gather(*[engine.reserve("enc", c, 1, f"e-{i}") for i, c in enumerate(clients)],
+                                       return_exceptions=True)
+        assert isinstance(results[3], EngineError)
+        assert all(r.confirmed for i, r in enumerate(results) if i != 3)
+        assert engine._pipe._lane is lane and lane.ready  # the lane carried on
