@@ -22,17 +22,18 @@ from litestar import Litestar, Request, Router
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
-from api import docs, errors, metrics, oplog
-from api.auth import AuthMiddleware, KeyRing, operator_only
-from api.availability import AvailabilityController
-from api.health import HealthController
-from api.ops import OpsController
-from api.reservations import ReservationController
-from api.resources import ResourceController
-from api.services import Services
-from api.settings import ApiSettings
-from api.waitlist import WaitlistController
-from engine import DurabilityError, Engine, EngineError, EngineUnavailable
+from resv.api import docs, errors, metrics, oplog
+from resv.api.auth import AuthMiddleware, KeyRing, operator_only
+from resv.api.availability import AvailabilityController
+from resv.api.health import HealthController
+from resv.api.ops import OpsController
+from resv.api.reservations import ReservationController
+from resv.api.resources import ResourceController
+from resv.api.services import Services
+from resv.api.settings import ApiSettings
+from resv.api.waitlist import WaitlistController
+from resv.archiver.reads import AuditReader
+from resv.engine import DurabilityError, Engine, EngineError, EngineUnavailable
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -100,7 +101,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
     # the controller itself declares.
     handlers.append(Router(path="/", route_handlers=[OpsController], guards=[operator_only]))
     if settings.bench_echo:
-        from api.bench import BenchEchoController
+        from resv.api.bench import BenchEchoController
 
         handlers.append(BenchEchoController)
     return handlers
@@ -143,7 +144,7 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
     @asynccontextmanager
     async def run(app: Litestar) -> AsyncIterator[None]:
         owned = engine if engine is not None else Engine(settings.engine)
-        audit_pool = None
+        audit = None
         try:
             try:
                 await prepare(owned)  # DurabilityError stops the start-up
@@ -152,16 +153,15 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
                 # since, serve anyway: requests answer 503 until it is back,
                 # and the engine loads the library on its first call then.
                 log.warning("Redis unavailable at start-up", extra={"resv": {"error": str(exc)}})
-            if settings.database_url:
-                # opened without waiting: the API commits without PostgreSQL
-                from archiver.db import open_pool
-
-                audit_pool = await open_pool(settings.database_url, max_size=4, timeout=2.0)
-            app.state.services = Services(settings, owned, audit_pool)
+            # The audit's read side (/ops, /ready's lag): its own Redis client
+            # and, with DATABASE_URL, a pool opened without waiting (the API
+            # commits without PostgreSQL).
+            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings.partitions)
+            app.state.services = Services(settings, owned, audit)
             yield
         finally:
-            if audit_pool is not None:
-                await audit_pool.close()
+            if audit is not None:
+                await audit.aclose()
             await owned.aclose()
 
     return run

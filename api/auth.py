@@ -28,7 +28,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 from msgspec import Struct
 
-from api.settings import ApiKey
+from resv.api.settings import ApiKey
 
 PUBLIC = "public"
 """Handler opt key: the route needs no key."""

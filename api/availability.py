@@ -7,9 +7,9 @@ from typing import Any
 from litestar import Controller, Request, Response, get
 from litestar.enums import MediaType
 
-from api import docs
-from api.schemas import Availability, ResourceIdQuery
-from api.services import services
+from resv.api import docs
+from resv.api.schemas import Availability, ResourceIdQuery
+from resv.api.services import services
 
 
 class AvailabilityController(Controller):

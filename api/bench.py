@@ -11,10 +11,10 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.enums import MediaType
 
-from api import docs
-from api.bodies import StrictJSON, parse
-from api.reservations import IdempotencyKey
-from api.schemas import ReservationRequest, ResourceIdQuery
+from resv.api import docs
+from resv.api.bodies import StrictJSON, parse
+from resv.api.reservations import IdempotencyKey
+from resv.api.schemas import ReservationRequest, ResourceIdQuery
 
 _encode = msgspec.json.Encoder().encode
 

@@ -16,7 +16,7 @@ import msgspec
 from litestar.enums import RequestEncodingType
 from litestar.params import BodyKwarg, SkipValidationMarker
 
-from api.errors import ApiError, rule_message
+from resv.api.errors import ApiError, rule_message
 
 T = TypeVar("T")
 S = TypeVar("S", bound=msgspec.Struct)

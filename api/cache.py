@@ -21,11 +21,11 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-from api import metrics
-from api.deadline import Deadline
-from api.schemas import Availability, ErrorBody
-from api.times import iso_from_us
-from engine.types import Resource
+from resv.api import metrics
+from resv.api.deadline import Deadline
+from resv.api.schemas import Availability, ErrorBody
+from resv.api.times import iso_from_us
+from resv.engine.types import Resource
 
 Answer = tuple[int, bytes]
 """HTTP status and encoded body."""

@@ -16,11 +16,11 @@ from litestar import Response
 from litestar.enums import MediaType
 from litestar.types import Scope
 
-from api import metrics, oplog
-from api.schemas import Rejection, ReservationOut, WaitlistEntryOut
-from api.times import iso_from_us, iso_or_none
-from engine.errors import PUBLIC_MESSAGES
-from engine.types import Decision
+from resv.api import metrics, oplog
+from resv.api.schemas import Rejection, ReservationOut, WaitlistEntryOut
+from resv.api.times import iso_from_us, iso_or_none
+from resv.engine.errors import PUBLIC_MESSAGES
+from resv.engine.types import Decision
 
 _encode = msgspec.json.Encoder().encode
 

@@ -10,12 +10,19 @@ from __future__ import annotations
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig, ResponseSpec
 from litestar.openapi.plugins import ScalarRenderPlugin
-from litestar.openapi.spec import Components, OpenAPIType, Parameter, Schema, SecurityScheme, Tag
+from litestar.openapi.spec import (
+    Components,
+    OpenAPIType,
+    Parameter,
+    Schema,
+    SecurityScheme,
+    Tag,
+)
 from msgspec import Struct
 
-from api import schemas as schemas_module
-from api.auth import PUBLIC
-from api.schemas import ErrorBody, Rejection
+from resv.api import schemas as schemas_module
+from resv.api.auth import PUBLIC
+from resv.api.schemas import ErrorBody, Rejection
 
 BEARER = "bearerAuth"
 SECURED: list[dict[str, list[str]]] = [{BEARER: []}]

@@ -22,13 +22,17 @@ from typing import Any
 import msgspec
 from litestar import Request, Response
 from litestar.enums import MediaType, ScopeType
-from litestar.exceptions import HTTPException, TooManyRequestsException, ValidationException
+from litestar.exceptions import (
+    HTTPException,
+    TooManyRequestsException,
+    ValidationException,
+)
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Receive, Scope, Send
 
-from api import metrics, oplog
-from api.schemas import ErrorBody, ErrorCode
-from engine.errors import BadArgument, EngineUnavailable
+from resv.api import metrics, oplog
+from resv.api.schemas import ErrorBody, ErrorCode
+from resv.engine.errors import BadArgument, EngineUnavailable
 
 log = logging.getLogger(oplog.LOGGER)
 

@@ -16,31 +16,15 @@ from typing import Any
 from litestar import Controller, Request, Response, get
 from litestar.openapi import ResponseSpec
 
-from api import decisions, docs, oplog
-from api.auth import PUBLIC, operator_only
-from api.schemas import ArchiverLag, Health, Readiness
-from api.services import services
-from engine import Engine
+from resv.api import decisions, docs, oplog
+from resv.api.auth import PUBLIC, operator_only
+from resv.api.schemas import ArchiverLag, Health, Readiness
+from resv.api.services import services
+from resv.archiver.reads import AuditReader
 
 log = logging.getLogger(oplog.LOGGER)
 
 CHECK_TIMEOUT_S = 2.0
-
-
-async def redis_up(engine: Engine) -> bool:
-    return bool(await engine.redis.ping())
-
-
-async def library_up(engine: Engine) -> bool:
-    try:
-        await engine.redis.execute_command("FCALL_RO", "resv_version", 0)
-        return True
-    except Exception as exc:
-        if "function not found" not in str(exc).lower():
-            raise
-    await engine.load_library()
-    await engine.redis.execute_command("FCALL_RO", "resv_version", 0)
-    return True
 
 
 async def postgres_up(url: str) -> bool:
@@ -76,23 +60,21 @@ class HealthController(Controller):
         """Readiness: 200 when every dependency answers, else 503 naming the
         ones that do not."""
         svc = services(request)
-        checks = {"redis": await _check("redis", redis_up(svc.engine))}
-        checks["library"] = await _check("library", library_up(svc.engine)) if checks["redis"] == "up" else "down"
+        checks = {"redis": await _check("redis", svc.engine.ping())}
+        checks["library"] = await _check("library", svc.engine.library_ready()) if checks["redis"] == "up" else "down"
         url = svc.settings.database_url
         checks["postgres"] = await _check("postgres", postgres_up(url)) if url else "not_configured"
-        lag = await _archiver_lag(svc.engine) if checks["redis"] == "up" else None
+        lag = await _archiver_lag(svc.audit) if checks["redis"] == "up" else None
         if "down" in checks.values():
             return decisions.json(Readiness(status="unavailable", checks=checks, archiver_lag=lag,  # type: ignore[return-value,arg-type]
                                             error="UNAVAILABLE"), 503)
         return decisions.json(Readiness(status="ready", checks=checks, archiver_lag=lag), 200)  # type: ignore[return-value,arg-type]
 
 
-async def _archiver_lag(engine: Engine) -> ArchiverLag | None:
-    from archiver.lag import stream_lag  # the API runs without the archiver's dependencies loaded
-
+async def _archiver_lag(audit: AuditReader) -> ArchiverLag | None:
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            per_partition = await stream_lag(engine.redis, engine.settings.partitions)
+            per_partition = await audit.lag()
     except Exception as exc:
         log.warning("archiver lag unreadable", extra={"resv": {"error": f"{type(exc).__name__}: {exc}"}})
         return None

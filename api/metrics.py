@@ -20,8 +20,8 @@ from litestar.enums import MediaType
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 from prometheus_client import Counter
 
-from api import docs
-from api.auth import operator_only
+from resv.api import docs
+from resv.api.auth import operator_only
 
 DECISIONS = Counter(
     "resv_decisions_total",

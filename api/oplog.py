@@ -22,9 +22,9 @@ from litestar.enums import ScopeType
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.ids import new_request_id
-from api.times import iso_from_us
-from engine.types import Decision
+from resv.api.ids import new_request_id
+from resv.api.times import iso_from_us
+from resv.engine.types import Decision
 
 LOGGER = "resv.api"
 log = logging.getLogger(LOGGER)

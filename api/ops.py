@@ -1,7 +1,7 @@
 """Operator routes over the audit (operator keys): a resource's complete,
 ordered history, and where a request's decision sits in it.
 
-The logic lives in archiver.timeline (shared with `resv timeline`): the
+The logic lives in the archiver's read side (resv.archiver.reads) (shared with `resv timeline`): the
 archived events in PostgreSQL merged with the not-yet-archived stream tail,
 so the history is complete even while the archiver lags, and the stream
 alone when DATABASE_URL is unset.
@@ -13,24 +13,21 @@ from typing import Annotated, Any
 
 from litestar import Controller, Request, get
 from litestar.params import Parameter, QueryParameter
-from psycopg_pool import AsyncConnectionPool
 from redis.exceptions import RedisError
 
-from api import docs
-from api.auth import operator_only
-from api.errors import ApiError
-from api.schemas import PRINTABLE_ID_PATTERN, RESOURCE_ID_PATTERN, ResourceIdParam
-from api.services import services
-from archiver.timeline import (
+from resv.api import docs
+from resv.api.auth import operator_only
+from resv.api.errors import ApiError
+from resv.api.schemas import PRINTABLE_ID_PATTERN, RESOURCE_ID_PATTERN, ResourceIdParam
+from resv.api.services import services
+from resv.archiver.reads import (
     MAX_LIMIT,
     AuditUnavailable,
     InvalidCursor,
     RequestDecisions,
     TimelinePage,
-    request_decisions,
-    resource_timeline,
 )
-from engine.errors import translate
+from resv.engine.errors import translate
 
 RequestIdParam = Annotated[str, Parameter(
     min_length=1, max_length=128, pattern=PRINTABLE_ID_PATTERN,
@@ -59,8 +56,7 @@ class OpsController(Controller):
         (null on the last page)."""
         svc = services(request)
         try:
-            return await resource_timeline(svc.engine.redis, audit_pool(request), resource_id,
-                                           svc.engine.settings.partitions, after=after, limit=limit)
+            return await svc.audit.timeline(resource_id, after=after, limit=limit)
         except InvalidCursor:
             raise ApiError(400, "BAD_REQUEST", "query parameter after: not a cursor from a previous page") from None
         except AuditUnavailable as exc:
@@ -77,8 +73,7 @@ class OpsController(Controller):
         position among its resource's decisions (1-based)."""
         svc = services(request)
         try:
-            found = await request_decisions(svc.engine.redis, audit_pool(request), request_id,
-                                            svc.engine.settings.partitions, resource_id=resource_id)
+            found = await svc.audit.request_decisions(request_id, resource_id=resource_id)
         except AuditUnavailable as exc:
             raise translate(ConnectionError(str(exc))) from exc
         except (RedisError, OSError) as exc:
@@ -86,7 +81,3 @@ class OpsController(Controller):
         if not found.decisions:
             raise ApiError(404, "NOT_FOUND")
         return found
-
-def audit_pool(request: Request[Any, Any, Any]) -> AsyncConnectionPool | None:
-    """The app's audit pool (owned by its lifespan); None without DATABASE_URL."""
-    return services(request).audit_pool

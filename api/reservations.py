@@ -20,14 +20,19 @@ from typing import Annotated, Any
 from litestar import Controller, Request, Response, get, post
 from litestar.params import HeaderParameter
 
-from api import decisions, docs, oplog
-from api.bodies import StrictJSON, parse
-from api.errors import ApiError, error_response
-from api.ids import new_request_id
-from api.schemas import RESOURCE_ID, ReservationIdPath, ReservationOut, ReservationRequest
-from api.services import services
-from api.times import iso_from_us, iso_or_none
-from engine import keys
+from resv.api import decisions, docs, oplog
+from resv.api.bodies import StrictJSON, parse
+from resv.api.errors import ApiError, error_response
+from resv.api.ids import new_request_id
+from resv.api.schemas import (
+    RESOURCE_ID,
+    ReservationIdPath,
+    ReservationOut,
+    ReservationRequest,
+)
+from resv.api.services import services
+from resv.api.times import iso_from_us, iso_or_none
+from resv.engine import keys
 
 IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,128}")
 """1-128 printable ASCII characters, no spaces (the Lua's request id rule)."""

@@ -15,14 +15,20 @@ from litestar.datastructures import ResponseHeader
 from litestar.params import HeaderParameter
 from msgspec import UNSET
 
-from api import decisions, docs
-from api.auth import operator_only
-from api.bodies import StrictJSON, parse
-from api.errors import ApiError
-from api.schemas import ResourceCreate, ResourceCreated, ResourceIdPath, ResourcePatch, ResourceState
-from api.services import services
-from api.times import iso_from_us, iso_or_none, us_from_datetime
-from engine.types import Resource, ResourceSpec
+from resv.api import decisions, docs
+from resv.api.auth import operator_only
+from resv.api.bodies import StrictJSON, parse
+from resv.api.errors import ApiError
+from resv.api.schemas import (
+    ResourceCreate,
+    ResourceCreated,
+    ResourceIdPath,
+    ResourcePatch,
+    ResourceState,
+)
+from resv.api.services import services
+from resv.api.times import iso_from_us, iso_or_none, us_from_datetime
+from resv.engine.types import Resource, ResourceSpec
 
 _IF_MATCH = re.compile(r' *("?)([0-9]{1,10})\1 *')
 

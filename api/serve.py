@@ -18,11 +18,11 @@ import shutil
 import sys
 import tempfile
 
-from api import oplog
-from api.settings import ApiSettings
-from engine import DurabilityError, Engine, EngineUnavailable
+from resv.api import oplog
+from resv.api.settings import ApiSettings
+from resv.engine import DurabilityError, Engine, EngineUnavailable
 
-APP_FACTORY = "api.app:app_from_env"
+APP_FACTORY = "resv.api.app:app_from_env"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -86,7 +86,7 @@ async def check_redis(settings: ApiSettings) -> str | None:
     durability profile's promise (RESV_DURABILITY, docs/guarantees.md). Under
     the strict profile an unreachable server is refused too, since its
     settings cannot be checked."""
-    from api.app import prepare
+    from resv.api.app import prepare
 
     engine = Engine(settings.engine)
     try:

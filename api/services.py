@@ -10,18 +10,19 @@ from typing import Any
 
 from litestar import Request
 
-from api.cache import AvailabilityCache
-from api.deadline import Deadline
-from api.settings import ApiSettings
-from engine import Engine
+from resv.api.cache import AvailabilityCache
+from resv.api.deadline import Deadline
+from resv.api.settings import ApiSettings
+from resv.archiver.reads import AuditReader
+from resv.engine import Engine
 
 
 class Services:
-    def __init__(self, settings: ApiSettings, engine: Engine, audit_pool: Any = None) -> None:
+    def __init__(self, settings: ApiSettings, engine: Engine, audit: AuditReader) -> None:
         self.settings = settings
         self.engine = engine
-        self.audit_pool = audit_pool
-        """PostgreSQL pool for the operator routes (None without DATABASE_URL)."""
+        self.audit = audit
+        """The audit's read side for the operator routes (resv.archiver.reads)."""
         self.deadline = Deadline(settings.request_deadline_s)
         self.within_deadline = self.deadline.run
         """Awaits an engine call for at most the request deadline (503 past it)."""

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from engine.settings import Settings as EngineSettings
+from resv.engine.settings import Settings as EngineSettings
 
 ROLES = ("client", "operator")
 

@@ -12,13 +12,18 @@ from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
 
-from api import decisions, docs
-from api.bodies import StrictJSON, parse
-from api.errors import ApiError
-from api.schemas import RESOURCE_ID, EntryIdPath, WaitlistEntryOut, WaitlistJoinRequest
-from api.services import services
-from api.times import iso_or_none
-from engine import keys
+from resv.api import decisions, docs
+from resv.api.bodies import StrictJSON, parse
+from resv.api.errors import ApiError
+from resv.api.schemas import (
+    RESOURCE_ID,
+    EntryIdPath,
+    WaitlistEntryOut,
+    WaitlistJoinRequest,
+)
+from resv.api.services import services
+from resv.api.times import iso_or_none
+from resv.engine import keys
 
 _REJECTED = (
     "Rejected by the engine: `code` is RESOURCE_CLOSED (closed, or past its closing time) or "

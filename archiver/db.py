@@ -6,7 +6,7 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
-from archiver.store import CREATE_STAGING
+from resv.archiver.store import CREATE_STAGING
 
 
 async def open_pool(database_url: str, *, for_archiver: bool = False, max_size: int = 4,

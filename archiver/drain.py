@@ -27,12 +27,12 @@ from collections.abc import Awaitable, Callable
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from archiver import streams
-from archiver.lag import stream_lag
-from archiver.metrics import ArchiverMetrics
-from archiver.settings import ArchiverSettings
-from archiver.store import Row, count_entries, event_rows, store_rows
-from archiver.streams import Entry
+from resv.archiver import streams
+from resv.archiver.lag import stream_lag
+from resv.archiver.metrics import ArchiverMetrics
+from resv.archiver.settings import ArchiverSettings
+from resv.archiver.store import Row, count_entries, event_rows, store_rows
+from resv.archiver.streams import Entry
 
 log = logging.getLogger("resv.archiver")
 

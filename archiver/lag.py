@@ -6,8 +6,8 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from archiver.streams import GROUP, next_id, parse_id
-from engine.keys import stream_key
+from resv.archiver.streams import GROUP, next_id, parse_id
+from resv.engine.keys import stream_key
 
 _COUNT_CAP = 10_000  # undelivered entries counted one by one, when the server cannot tell
 

@@ -17,7 +17,7 @@ from importlib import resources
 import msgspec
 import psycopg
 
-from archiver.settings import ArchiverSettings
+from resv.archiver.settings import ArchiverSettings
 
 ADVISORY_LOCK_KEY = 0x7265_7376_6D69_67  # "resvmig": one lock for all resv migrations
 
@@ -42,7 +42,7 @@ def load_migrations() -> list[Migration]:
     """The shipped migrations, by version. Refuses a file that does not follow
     the naming rule and two files with the same version."""
     found: dict[int, Migration] = {}
-    for item in resources.files("archiver").joinpath("migrations").iterdir():
+    for item in resources.files("resv.archiver").joinpath("migrations").iterdir():
         if not item.name.endswith(".sql"):
             continue
         match = _FILE_NAME.match(item.name)

@@ -16,16 +16,16 @@ that came after the record expired is decided afresh, as it was.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
 
-from archiver.store import parse_int
-from archiver.timeline import TimelineEvent
-from engine.embedded import EmbeddedRedis
-from engine.keys import prefix, stream_key
+from resv.archiver.store import parse_int
+from resv.archiver.timeline import TimelineEvent
+from resv.engine.keys import prefix, stream_key
 
 CLOCK_KEY = "resv:replay:clock"
 CLOCK_BEGIN = "-- @clock-begin"
@@ -79,24 +79,14 @@ class Call(msgspec.Struct, frozen=True):
     """Why the group cannot be re-issued (function is None)."""
 
 
-class ScratchServer:
-    """A private server (AOF off) running the library with the replay clock."""
+ScratchFactory = Callable[[], AbstractAsyncContextManager[Redis]]
+"""Starts a private, empty server and yields a client to it (decode_responses=
+True); the composition root provides one. Verify and restore
+load the replay library there and write nothing anywhere else."""
 
-    def __init__(self, source: str) -> None:
-        self.source = replay_source(source)
-        self.server = EmbeddedRedis(extra_args=("--appendonly", "no"))
-        self.redis: Redis | None = None
 
-    async def __aenter__(self) -> ScratchServer:
-        self.server.start()
-        self.redis = Redis.from_url(self.server.url, decode_responses=True)
-        await self.redis.execute_command("FUNCTION", "LOAD", "REPLACE", self.source)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.redis is not None:
-            await self.redis.aclose()
-        self.server.close()
+async def load_replay_library(scratch: Redis, source: str) -> None:
+    await scratch.execute_command("FUNCTION", "LOAD", "REPLACE", replay_source(source))
 
 
 def resource_keys_at(partition: int, rid: str) -> tuple[str, ...]:

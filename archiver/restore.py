@@ -18,22 +18,22 @@ is gone.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-
 import msgspec
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from archiver.db import open_pool
-from archiver.replay import CLOCK_KEY, Mismatch, Planner, ScratchServer, replay
-from archiver.settings import ArchiverSettings
-from archiver.streams import GROUP
-from archiver.verify import load_partition
-from engine.keys import stream_key
-from engine.library import ensure_library, library_source
-from engine.settings import Settings
+from resv.archiver.replay import (
+    CLOCK_KEY,
+    Mismatch,
+    Planner,
+    ScratchFactory,
+    load_replay_library,
+    replay,
+)
+from resv.archiver.streams import GROUP
+from resv.archiver.verify import load_partition
+from resv.engine import ensure_library, library_source
+from resv.engine.keys import stream_key
 
 
 class RestoreError(RuntimeError):
@@ -48,26 +48,26 @@ class RestoreReport(msgspec.Struct, kw_only=True):
 
 
 async def restore(target: Redis, pool: AsyncConnectionPool, partitions: int, *,
-                  idempotency_ttl_ms: int = 86_400_000) -> RestoreReport:
+                  scratch_server: ScratchFactory, idempotency_ttl_ms: int = 86_400_000) -> RestoreReport:
     """target: decode_responses=True. Refuses a target holding any engine key."""
     async for _ in target.scan_iter(match="resv:*", count=1000):
         raise RestoreError("the target Redis already holds engine keys (resv:*): restore only into an empty one")
     report = RestoreReport()
     planner = Planner(idempotency_ttl_ms)
     last_ids: dict[int, str] = {}
-    async with ScratchServer(library_source()) as scratch:
-        assert scratch.redis is not None
+    async with scratch_server() as scratch:
+        await load_replay_library(scratch, library_source())
         for p in range(partitions):
             log = await load_partition(None, pool, p, "0-0", None, None)
             if not log:
                 continue
             report.events += len(log)
-            report.mismatches += await replay(scratch.redis, p, planner.plan(p, log))
+            report.mismatches += await replay(scratch, p, planner.plan(p, log))
             last_ids[p] = log[-1].stream_id
         if report.mismatches:
             return report  # the audit does not replay cleanly: write nothing
         now_us = _micros(await target.time())
-        await _copy_state(scratch.redis, target, planner.expires, now_us, report)
+        await _copy_state(scratch, target, planner.expires, now_us, report)
     for p, last_id in last_ids.items():
         key = stream_key(p)
         await target.xgroup_create(key, GROUP, id="0", mkstream=True)
@@ -103,40 +103,3 @@ async def _copy_state(scratch: Redis, target: Redis, expires: dict[str, int], no
         if len(pipe) >= 500:
             await pipe.execute()
     await pipe.execute()
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL)")
-    parser.add_argument("--redis-url", help="the empty target Redis (default: $REDIS_URL)")
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    redis_url = args.redis_url or settings.redis_url
-    database_url = args.database_url or ArchiverSettings.from_env().database_url
-    if not redis_url or not database_url:
-        print("resv restore: needs REDIS_URL (the empty target) and DATABASE_URL (the audit)", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(_run(redis_url, database_url, settings))
-    except RestoreError as exc:
-        print(f"resv restore: {exc}", file=sys.stderr)
-        return 2
-    for m in report.mismatches[:50]:
-        print(f"MISMATCH {m}")
-    if report.mismatches:
-        print(f"restore: the audit does not replay cleanly ({len(report.mismatches)} mismatches); nothing written")
-        return 1
-    print(f"restore: {report.events} archived events replayed, {report.keys} keys written "
-          f"({report.expired_requests} expired idempotency records left out). Now run: resv verify")
-    return 0
-
-
-async def _run(redis_url: str, database_url: str, settings: Settings) -> RestoreReport:
-    target = Redis.from_url(redis_url, decode_responses=True)
-    pool = await open_pool(database_url, max_size=1)
-    try:
-        return await restore(target, pool, settings.partitions, idempotency_ttl_ms=settings.idempotency_ttl_ms)
-    finally:
-        await pool.close()
-        await target.aclose()

@@ -21,12 +21,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client import start_http_server
 from redis.asyncio import Redis
 
-from archiver.db import open_pool
-from archiver.drain import Archiver
-from archiver.metrics import ArchiverMetrics
-from archiver.migrate import apply_migrations
-from archiver.settings import ArchiverSettings
-from engine.settings import Settings
+from resv.archiver.db import open_pool
+from resv.archiver.drain import Archiver
+from resv.archiver.metrics import ArchiverMetrics
+from resv.archiver.migrate import apply_migrations
+from resv.archiver.settings import ArchiverSettings
+from resv.engine.settings import Settings
 
 log = logging.getLogger("resv.archiver")
 

@@ -11,7 +11,7 @@ import socket
 
 import msgspec
 
-from engine.settings import env_number
+from resv.engine.settings import env_number
 
 
 class ArchiverSettings(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,7 +31,7 @@ from psycopg.adapt import Dumper
 from psycopg.errors import UniqueViolation
 from psycopg.pq import Format
 
-from archiver.streams import Entry
+from resv.archiver.streams import Entry
 
 Checkpoint = Callable[[str], None]
 Row = tuple[Any, ...]

@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.keys import stream_key
+from resv.engine.keys import stream_key
 
 GROUP = "archiver"
 

@@ -27,9 +27,9 @@ import msgspec
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from archiver.store import columns
-from archiver.streams import archived_marks, next_id, parse_id
-from engine.keys import partition_of, stream_key
+from resv.archiver.store import columns
+from resv.archiver.streams import archived_marks, next_id, parse_id
+from resv.engine.keys import partition_of, stream_key
 
 MAX_LIMIT = 1000
 _SCAN_CHUNK = 1000  # stream entries read per XRANGE while looking for a resource's

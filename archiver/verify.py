@@ -13,29 +13,31 @@ read (or on a usage error).
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 import re
-import sys
 from typing import Any
 
 import msgspec
-import psycopg
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from archiver.db import open_pool
-from archiver.replay import Mismatch, Planner, ScratchServer, replay, resource_keys_at
-from archiver.settings import ArchiverSettings
-from archiver.streams import archived_marks, next_id, parse_id
-from archiver.timeline import TimelineEvent, event_from_row, merge_events, scan_stream
-from engine.keys import partition_of
-from engine.library import library_source
-from engine.settings import Settings
-
-MAX_PRINTED = 200
+from resv.archiver.replay import (
+    Mismatch,
+    Planner,
+    ScratchFactory,
+    load_replay_library,
+    replay,
+    resource_keys_at,
+)
+from resv.archiver.streams import archived_marks, next_id, parse_id
+from resv.archiver.timeline import (
+    TimelineEvent,
+    event_from_row,
+    merge_events,
+    scan_stream,
+)
+from resv.engine import library_source
+from resv.engine.keys import partition_of
 
 
 class VerifyReport(msgspec.Struct, kw_only=True):
@@ -59,6 +61,7 @@ async def verify(
     pool: AsyncConnectionPool | None,
     partitions: int,
     *,
+    scratch_server: ScratchFactory,
     resource_id: str | None = None,
     idempotency_ttl_ms: int = 86_400_000,
 ) -> VerifyReport:
@@ -70,8 +73,8 @@ async def verify(
     parts = [partition_of(resource_id, partitions)] if resource_id else list(range(partitions))
     report = VerifyReport()
     planner = Planner(idempotency_ttl_ms)
-    async with ScratchServer(library_source()) as scratch:
-        assert scratch.redis is not None
+    async with scratch_server() as scratch:
+        await load_replay_library(scratch, library_source())
         marks = await archived_marks(live, parts) if live is not None else {}
         if live is None:
             live_ids: dict[int, set[str]] = {}
@@ -88,10 +91,10 @@ async def verify(
             report.events += len(log)
             report.calls += sum(1 for c in calls if c.function)
             report.inferred += sum(1 for c in calls if c.inferred)
-            report.mismatches += await replay(scratch.redis, p, calls)
+            report.mismatches += await replay(scratch, p, calls)
             if live is not None:
                 resources = {e.resource_id for e in log if e.resource_id} | live_ids.get(p, set())
-                await _compare_state(scratch.redis, live, p, sorted(resources), end or "0-0", report)
+                await _compare_state(scratch, live, p, sorted(resources), end or "0-0", report)
     return report
 
 
@@ -199,51 +202,3 @@ async def _changed_since(live: Redis, partition: int, rid: str, end: str) -> boo
     start = next_id(end) if end != "0-0" else "0-0"
     events = await scan_stream(live, partition, start, "+", 1, lambda f: f.get("resource_id") == rid)
     return bool(events)
-
-
-# ------------------------------------------------------------------ command
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--resource", metavar="ID", help="verify this resource only")
-    parser.add_argument("--database-url", help="PostgreSQL URL (default: $DATABASE_URL; none: the streams only)")
-    parser.add_argument("--redis-url", help="live Redis URL (default: $REDIS_URL; none: PostgreSQL only, no state check)")
-
-
-def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    redis_url = args.redis_url or settings.redis_url
-    database_url = args.database_url or ArchiverSettings.from_env().database_url
-    if not redis_url and not database_url:
-        print("resv verify: set REDIS_URL and/or DATABASE_URL", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(_run(redis_url, database_url, settings, args.resource))
-    except (OSError, RedisError, psycopg.Error, PoolTimeout) as exc:
-        print(f"resv verify: cannot read the log: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    for m in report.mismatches[:MAX_PRINTED]:
-        print(f"MISMATCH {m}")
-    if len(report.mismatches) > MAX_PRINTED:
-        print(f"... and {len(report.mismatches) - MAX_PRINTED} more")
-    scope = f"resource {args.resource}" if args.resource else f"{settings.partitions} partitions"
-    print(f"verify: {report.events} events ({scope}), {report.calls} calls re-issued"
-          + (f" ({report.inferred} with inputs inferred from their outcome)" if report.inferred else "")
-          + (f", final state of {report.resources} resources compared" if redis_url else ", no live state compared")
-          + (f", {len(report.skipped)} changed during verify (not compared)" if report.skipped else ""))
-    print(f"{len(report.mismatches)} mismatches")
-    return 0 if report.ok else 1
-
-
-async def _run(redis_url: str | None, database_url: str | None, settings: Settings,
-               resource_id: str | None) -> VerifyReport:
-    live = Redis.from_url(redis_url, decode_responses=True) if redis_url else None
-    pool = await open_pool(database_url, max_size=1) if database_url else None
-    try:
-        return await verify(live, pool, settings.partitions, resource_id=resource_id,
-                            idempotency_ttl_ms=settings.idempotency_ttl_ms)
-    finally:
-        if pool is not None:
-            await pool.close()
-        if live is not None:
-            await live.aclose()

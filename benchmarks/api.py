@@ -42,7 +42,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from engine.embedded import EmbeddedRedis, free_port
+from resv.embedded import EmbeddedRedis, free_port
 
 CLIENT_KEY = "bench-client"
 OPERATOR_KEY = "bench-operator"
@@ -163,7 +163,7 @@ class Server:
     def __enter__(self) -> Server:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+                [sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", str(self.port),
                  "--workers", str(self.workers)],
                 env=self.env, stdout=log, stderr=log, start_new_session=True,
             )

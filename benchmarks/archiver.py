@@ -29,15 +29,15 @@ from pathlib import Path
 import psycopg
 from redis.asyncio import Redis
 
-from archiver.db import open_pool
-from archiver.drain import Archiver
-from archiver.lag import stream_lag
-from archiver.migrate import apply_migrations
-from archiver.run import tune_gc
-from archiver.settings import ArchiverSettings
-from engine import keys
-from engine.embedded import EmbeddedRedis
-from engine.library import library_source
+from resv.archiver.db import open_pool
+from resv.archiver.drain import Archiver
+from resv.archiver.lag import stream_lag
+from resv.archiver.migrate import apply_migrations
+from resv.archiver.run import tune_gc
+from resv.archiver.settings import ArchiverSettings
+from resv.embedded import EmbeddedRedis
+from resv.engine import keys
+from resv.engine.library import library_source
 
 EVENTS = int(os.environ.get("BENCH_EVENTS", "200000"))
 BATCH = int(os.environ.get("BENCH_BATCH", "0")) or ArchiverSettings().batch
@@ -86,7 +86,7 @@ async def lag_under_load(redis: Redis, redis_url: str, database_url: str) -> dic
     env = {**os.environ, "REDIS_URL": redis_url, "DATABASE_URL": database_url,
            "RESV_PARTITIONS": str(PARTITIONS),
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "engine.cli", "archiver", env=env,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "resv", "archiver", env=env,
                                                 stderr=asyncio.subprocess.DEVNULL)
     samples: list[tuple[int, float]] = []
     stop = asyncio.Event()
@@ -144,7 +144,7 @@ async def main() -> None:
                 conn.execute(f'CREATE DATABASE "{scratch_db}"')
             admin_url, database_url = database_url, psycopg.conninfo.make_conninfo(database_url, dbname=scratch_db)
         else:
-            from archiver.embedded_pg import EmbeddedPostgres
+            from resv.embedded_pg import EmbeddedPostgres
 
             database_url = servers.enter_context(EmbeddedPostgres()).url
         try:

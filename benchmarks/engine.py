@@ -23,8 +23,8 @@ import uuid
 
 import redis.asyncio as aioredis
 
-from engine import Engine, ResourceSpec, Settings, keys
-from engine.embedded import EmbeddedRedis
+from resv.embedded import EmbeddedRedis
+from resv.engine import Engine, ResourceSpec, Settings, keys
 
 CALLS = int(os.environ.get("BENCH_CALLS", "20000"))
 PARTITIONS = 16

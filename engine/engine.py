@@ -16,13 +16,20 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from engine import keys
-from engine.durability import DurabilityError, check_durability
-from engine.errors import EngineError, is_missing_function, translate
-from engine.library import ensure_library
-from engine.pipeline import Pipeliner
-from engine.settings import Settings
-from engine.types import Decision, Reservation, Resource, ResourceSpec, WaitlistEntry, from_flat
+from resv.engine import keys
+from resv.engine.durability import DurabilityError, check_durability
+from resv.engine.errors import EngineError, is_missing_function, translate
+from resv.engine.library import ensure_library
+from resv.engine.pipeline import Pipeliner
+from resv.engine.settings import Settings
+from resv.engine.types import (
+    Decision,
+    Reservation,
+    Resource,
+    ResourceSpec,
+    WaitlistEntry,
+    from_flat,
+)
 
 
 def _decision(flat: list[Any]) -> Decision:
@@ -61,6 +68,8 @@ class Engine:
         if not url:
             raise ValueError("no Redis URL: set REDIS_URL")
         self.settings = settings
+        self.url = url
+        """The server's URL (parts that read the streams open their own client)."""
         self._ttl_arg = str(settings.idempotency_ttl_ms)
         self.redis = _client(url, settings, settings.retries, settings.max_connections)
         # Definition changes are not idempotent (a retried create would report
@@ -87,6 +96,22 @@ class Engine:
             return await ensure_library(self.redis)
         except Exception as exc:
             raise translate(exc) from exc
+
+    async def ping(self) -> bool:
+        return bool(await self.redis.ping())
+
+    async def library_ready(self) -> bool:
+        """The library answers (FCALL_RO resv_version); a missing one is
+        loaded again, as the next call would."""
+        command = ("FCALL_RO", "resv_version", 0)
+        try:
+            await self.redis.execute_command(*command)
+        except Exception as exc:
+            if not is_missing_function(exc):
+                raise
+            await self.load_library()
+            await self.redis.execute_command(*command)
+        return True
 
     async def aclose(self) -> None:
         await self._pipe.aclose()

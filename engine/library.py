@@ -14,7 +14,7 @@ LIBRARY_NAME = "resv"
 @cache
 def library_source() -> str:
     try:
-        return resources.files("engine.lua").joinpath("resv.lua").read_text()
+        return resources.files("resv.lua").joinpath("resv.lua").read_text()
     except ModuleNotFoundError:  # running from a source tree that is not installed
         return (Path(__file__).resolve().parent.parent / "lua" / "resv.lua").read_text()
 

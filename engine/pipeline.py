@@ -26,8 +26,13 @@ from hiredis import pack_command
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from engine.errors import EngineUnavailable, NotReplicated, is_missing_function, translate
-from engine.lane import Batch, Command, Lane
+from resv.engine.errors import (
+    EngineUnavailable,
+    NotReplicated,
+    is_missing_function,
+    translate,
+)
+from resv.engine.lane import Batch, Command, Lane
 
 # Functions that write: only they wait for replicas.
 READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_version"})

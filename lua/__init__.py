@@ -1,2 +1,2 @@
-# Installed as the `engine.lua` package (see pyproject package-dir) so that
-# resv.lua ships as package data: importlib.resources.files("engine.lua").
+# Installed as the `resv.lua` package (see pyproject package-dir) so that
+# resv.lua ships as package data: importlib.resources.files("resv.lua").

@@ -9,10 +9,10 @@ from typing import Any
 
 from litestar.testing import AsyncTestClient
 
-from api.app import create_app
-from api.settings import ApiSettings, parse_api_keys
-from engine import Engine
-from engine.settings import Settings as EngineSettings
+from resv.api.app import create_app
+from resv.api.settings import ApiSettings, parse_api_keys
+from resv.engine import Engine
+from resv.engine.settings import Settings as EngineSettings
 
 OPERATOR_KEY = "op-secret-4f2a9e"
 CLIENT_KEY = "web-secret-9c1d77"

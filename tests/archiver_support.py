@@ -18,13 +18,13 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 from redis.asyncio import Redis
 
-from archiver.db import open_pool
-from archiver.drain import Archiver
-from archiver.metrics import ArchiverMetrics
-from archiver.migrate import apply_migrations
-from archiver.settings import ArchiverSettings
-from engine import Engine, ResourceSpec, Settings
-from engine.keys import stream_key
+from resv.archiver.db import open_pool
+from resv.archiver.drain import Archiver
+from resv.archiver.metrics import ArchiverMetrics
+from resv.archiver.migrate import apply_migrations
+from resv.archiver.settings import ArchiverSettings
+from resv.engine import Engine, ResourceSpec, Settings
+from resv.engine.keys import stream_key
 
 PARTITIONS = 16
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 import redis
 
-from archiver.embedded_pg import EmbeddedPostgres
-from engine.embedded import EmbeddedRedis, backend_binary, find_redis_server_binary
+from resv.embedded import EmbeddedRedis, backend_binary, find_redis_server_binary
+from resv.embedded_pg import EmbeddedPostgres
 
 __all__ = ["BACKENDS", "backend_binary"]
 

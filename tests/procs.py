@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-from engine.embedded import free_port
+from resv.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR_KEY = "op-test-key"
@@ -33,7 +33,7 @@ def resv_serve(redis_url: str, workers: int = 1, **extra_env: str):
     # The operator log goes to a file: an unread pipe would fill and block the server.
     log = tempfile.NamedTemporaryFile(prefix="resv-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+        [sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers)],
         env=resv_env(redis_url, **extra_env), cwd=ROOT, start_new_session=True,
         stdout=subprocess.DEVNULL, stderr=log,

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis
 
-from engine import keys
+from resv.engine import keys
 
 PARTITIONS = 16
 

@@ -7,10 +7,10 @@ import logging
 
 import pytest
 
-from api.app import create_app
-from api.oplog import JsonFormatter
-from api.settings import ApiSettings, parse_api_keys
-from engine.settings import Settings as EngineSettings
+from resv.api.app import create_app
+from resv.api.oplog import JsonFormatter
+from resv.api.settings import ApiSettings, parse_api_keys
+from resv.engine.settings import Settings as EngineSettings
 from tests.api_support import CL, CLIENT_KEY, OP, OPERATOR_KEY, api, create_resource
 
 PUBLIC = [("GET", "/health", None), ("GET", "/schema/openapi.json", None), ("GET", "/schema", None)]

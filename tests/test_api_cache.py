@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from api.cache import AvailabilityCache
-from engine.types import Resource
+from resv.api.cache import AvailabilityCache
+from resv.engine.types import Resource
 from tests.api_support import CL, ISO_UTC_US, OP, api, create_resource, reserve
 
 

@@ -11,9 +11,9 @@ import time
 import pytest
 import redis
 
-from engine import Engine
-from engine.embedded import EmbeddedRedis, free_port
-from engine.settings import Settings as EngineSettings
+from resv.embedded import EmbeddedRedis, free_port
+from resv.engine import Engine
+from resv.engine.settings import Settings as EngineSettings
 from tests.api_support import CL, OP, api, assert_no_leak, create_resource, reserve
 
 GOOD = {"resource_id": "gig", "quantity": 1, "client_id": "ann"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 
-from api.oplog import JsonFormatter
-from engine.embedded import free_port
+from resv.api.oplog import JsonFormatter
+from resv.embedded import free_port
 from tests.api_support import CL, OP, api, create_resource, reserve
 
 
@@ -158,7 +158,7 @@ async def test_openapi_document(redis_url):
 def test_the_log_writer_thread_keeps_every_line_in_order():
     import io
 
-    from api.oplog import BackgroundStreamHandler
+    from resv.api.oplog import BackgroundStreamHandler
 
     stream = io.StringIO()
     handler = BackgroundStreamHandler(stream)

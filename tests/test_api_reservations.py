@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from engine.errors import PUBLIC_MESSAGES
+from resv.engine.errors import PUBLIC_MESSAGES
 from tests.api_support import CL, ISO_UTC_US, OP, api, create_resource, reserve
 
 

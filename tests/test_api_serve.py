@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from engine.embedded import EmbeddedRedis, free_port
+from resv.embedded import EmbeddedRedis, free_port
 from tests.api_support import CL, CLIENT_KEY, OP, OPERATOR_KEY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 
 def serve_command(port: int, workers: int) -> list[str]:
-    return [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+    return [sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", str(port),
             "--workers", str(workers)]
 
 

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from archiver import streams
-from archiver.drain import drain_until_empty
-from archiver.lag import stream_lag
-from archiver.store import event_rows, store_rows
-from engine.keys import partition_of, stream_key
+from resv.archiver import streams
+from resv.archiver.drain import drain_until_empty
+from resv.archiver.lag import stream_lag
+from resv.archiver.store import event_rows, store_rows
+from resv.engine.keys import partition_of, stream_key
 from tests.archiver_support import (
     PARTITIONS,
     archived_rows,
@@ -23,7 +23,6 @@ from tests.archiver_support import (
     row_counts,
     stream_entries,
 )
-
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

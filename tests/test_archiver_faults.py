@@ -14,12 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from archiver.drain import drain_until_empty
-from archiver.embedded_pg import EmbeddedPostgres
-from archiver.lag import stream_lag
-from archiver.migrate import apply_migrations
-from engine.embedded import free_port
-from tests.report import record
+from resv.archiver.drain import drain_until_empty
+from resv.archiver.lag import stream_lag
+from resv.archiver.migrate import apply_migrations
+from resv.embedded import free_port
+from resv.embedded_pg import EmbeddedPostgres
 from tests.archiver_support import (
     PARTITIONS,
     assert_archive_complete,
@@ -28,7 +27,7 @@ from tests.archiver_support import (
     row_counts,
     stream_entries,
 )
-
+from tests.report import record
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +53,7 @@ def archiver_env(redis_url: str, database_url: str, **extra: str) -> dict[str, s
 
 async def start_archiver(env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "engine.cli", "archiver", env=env, cwd=str(ROOT),
+        sys.executable, "-m", "resv", "archiver", env=env, cwd=str(ROOT),
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
 
@@ -138,9 +137,9 @@ async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
 async def test_postgres_outage_delays_the_audit_and_loses_nothing(engine, make_archiver, own_postgres) -> None:
     from redis.asyncio import Redis
 
-    from archiver import drain, metrics, streams
-    from archiver.db import open_pool
-    from archiver.settings import ArchiverSettings
+    from resv.archiver import drain, metrics, streams
+    from resv.archiver.db import open_pool
+    from resv.archiver.settings import ArchiverSettings
 
     resources = [f"o{i}" for i in range(8)]
     for rid in resources:

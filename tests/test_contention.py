@@ -9,8 +9,8 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from engine import Engine, ResourceSpec, Settings, keys
-from engine.library import library_source
+from resv.engine import Engine, ResourceSpec, Settings, keys
+from resv.engine.library import library_source
 from tests.report import record
 from tests.support import PARTITIONS, events
 

@@ -8,9 +8,15 @@ import logging
 import pytest
 import redis
 
-from engine import keys
-from engine import DurabilityError, Engine, NotReplicated, ResourceSpec, Settings
-from engine.embedded import EmbeddedRedis
+from resv.embedded import EmbeddedRedis
+from resv.engine import (
+    DurabilityError,
+    Engine,
+    NotReplicated,
+    ResourceSpec,
+    Settings,
+    keys,
+)
 
 
 async def test_strict_accepts_fsync_always(redis_server):

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from engine import Engine, ResourceSpec, Settings
-from engine.embedded import EmbeddedRedis
+from resv.embedded import EmbeddedRedis
+from resv.engine import Engine, ResourceSpec, Settings
 from tests.conftest import BACKENDS, backend_binary
 
 

@@ -10,8 +10,7 @@ import psycopg
 import pytest
 import redis
 
-from archiver.embedded_pg import EmbeddedPostgres
-from engine.embedded import (
+from resv.embedded import (
     MIN_REDIS_VERSION,
     EmbeddedRedis,
     ServerStartError,
@@ -20,6 +19,7 @@ from engine.embedded import (
     server_version,
     valkey_binary,
 )
+from resv.embedded_pg import EmbeddedPostgres
 
 LIBRARY = """#!lua name=embeddedtest
 redis.register_function('incrby_twice', function(keys, args)

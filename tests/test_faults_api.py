@@ -15,7 +15,7 @@ import httpx
 import pytest
 import redis
 
-from engine.embedded import EmbeddedRedis
+from resv.embedded import EmbeddedRedis
 from tests.history import Observation, check
 from tests.procs import CLIENT_KEY, OPERATOR_KEY, ROOT, resv_env, resv_serve
 from tests.report import record
@@ -105,7 +105,7 @@ class archiver_process:
         self.proc: subprocess.Popen | None = None
 
     def _start(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "archiver"], env=self.env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "resv", "archiver"], env=self.env,
                                      cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def kill_and_restart(self) -> None:
@@ -117,7 +117,7 @@ class archiver_process:
         self.proc.kill()
         self.proc.wait()
         time.sleep(0.4)  # past the claim idle time: the dead consumer's entries are reclaimed
-        subprocess.run([sys.executable, "-m", "engine.cli", "archiver", "--once"], env=self.env, cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "resv", "archiver", "--once"], env=self.env, cwd=ROOT,
                        check=True, timeout=60, capture_output=True)
 
     def __enter__(self) -> "archiver_process":

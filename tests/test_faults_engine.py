@@ -13,9 +13,8 @@ import uuid
 import pytest
 import redis
 
-from engine import keys
-from engine import Engine, EngineUnavailable, ResourceSpec, Settings
-from engine.embedded import EmbeddedRedis
+from resv.embedded import EmbeddedRedis
+from resv.engine import Engine, EngineUnavailable, ResourceSpec, Settings, keys
 from tests.history import Observation, check
 from tests.report import record
 from tests.support import events, open_lane

@@ -10,8 +10,8 @@ import asyncio
 import pytest
 import redis
 
-from engine import Engine, EngineError, EngineUnavailable, ResourceSpec, Settings
-from engine.embedded import EmbeddedRedis
+from resv.embedded import EmbeddedRedis
+from resv.engine import Engine, EngineError, EngineUnavailable, ResourceSpec, Settings
 from tests.history import Observation, check
 from tests.report import record
 from tests.support import events, open_lane

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from engine import Engine, ResourceSpec, Settings
-from engine.library import ensure_library, library_source
+from resv.engine import Engine, ResourceSpec, Settings
+from resv.engine.library import ensure_library, library_source
 
 
 async def test_ensure_library_loads_once(redis_url):

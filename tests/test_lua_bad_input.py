@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from engine.library import library_source
+from resv.engine import keys
+from resv.engine.library import library_source
 from tests.support import PARTITIONS, create, rkeys, snapshot
-from engine import keys
 
 GOOD_REQ = keys.request_key("r1", "q", PARTITIONS)
 

@@ -14,7 +14,7 @@ from tests.support import create, events, fcall, reserve, rkeys, snapshot
 @pytest.fixture
 def r(redis_url: str):
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    from engine.library import library_source
+    from resv.engine.library import library_source
 
     client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     yield client

@@ -13,10 +13,11 @@ import json
 
 import pytest
 import redis
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from engine import keys
-from engine.library import library_source
+from resv.engine import keys
+from resv.engine.library import library_source
 from tests.report import record
 from tests.support import PARTITIONS, create, rkeys, snapshot
 

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from engine.library import library_source
+from resv.engine.library import library_source
 
 README = Path(__file__).resolve().parent.parent / "lua" / "README.md"
 

@@ -8,13 +8,12 @@ from importlib import resources
 
 import psycopg
 
-from archiver.migrate import apply_migrations, load_migrations
-from engine.cli import main
-
+from resv.archiver.migrate import apply_migrations, load_migrations
+from resv.cli import main
 
 
 def test_versions_are_unique_and_increasing() -> None:
-    files = sorted(f.name for f in resources.files("archiver").joinpath("migrations").iterdir()
+    files = sorted(f.name for f in resources.files("resv.archiver").joinpath("migrations").iterdir()
                    if f.name.endswith(".sql"))
     assert files, "no migration shipped"
     assert all(re.fullmatch(r"\d{4}_[a-z0-9_]+\.sql", name) for name in files), files

@@ -1,4 +1,5 @@
-"""Packaging: lua/ ships as `engine.lua`, migrations ship inside `archiver`."""
+"""Packaging: one import package `resv`, with lua/ as `resv.lua` and the
+migrations inside `resv.archiver`."""
 
 from __future__ import annotations
 
@@ -15,24 +16,27 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SOURCES = ["pyproject.toml", "engine", "api", "archiver", "lua"]
+SOURCES = ["pyproject.toml", "resv", "engine", "api", "archiver", "lua"]
 
 
 def test_every_subpackage_is_listed() -> None:
     # The package list is explicit (auto-discovery cannot express the
     # lua/ -> engine.lua mapping), so a new subpackage must be added by hand.
     listed = set(PYPROJECT["tool"]["setuptools"]["packages"])
-    for top in ("engine", "api", "archiver"):
-        for init in (ROOT / top).rglob("__init__.py"):
-            name = ".".join(init.parent.relative_to(ROOT).parts)
+    mapped = PYPROJECT["tool"]["setuptools"]["package-dir"]
+    for package, folder in mapped.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            name = ".".join((package, *rel))
             assert name in listed, f"add {name!r} to [tool.setuptools] packages"
+    assert set(mapped) == {"resv", "resv.engine", "resv.api", "resv.archiver", "resv.lua"}
 
 
 def test_resources_resolve_from_the_import_system() -> None:
-    lua = importlib.resources.files("engine.lua").joinpath("resv.lua")
+    lua = importlib.resources.files("resv.lua").joinpath("resv.lua")
     if (ROOT / "lua" / "resv.lua").exists():
         assert lua.read_text() == (ROOT / "lua" / "resv.lua").read_text()
-    assert importlib.resources.files("archiver").joinpath("migrations").is_dir()
+    assert importlib.resources.files("resv.archiver").joinpath("migrations").is_dir()
 
 
 def _setuptools_has_bdist_wheel() -> bool:
@@ -66,6 +70,11 @@ def test_wheel_contains_lua_and_migrations(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("resv-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"engine/lua/__init__.py", "engine/lua/resv.lua",
-            "archiver/migrations/9999_probe.sql", "engine/embedded.py"} <= names
-    assert not any(n.startswith("lua/") for n in names)
+    assert {"resv/lua/__init__.py", "resv/lua/resv.lua", "resv/archiver/migrations/9999_probe.sql",
+            "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py"} <= names
+    # One top-level import package: nothing else that an application's own
+    # `api` or `engine` module could shadow or be shadowed by.
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"resv"}, tops
+    entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
+    assert "resv = resv.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()

@@ -7,8 +7,9 @@ import asyncio
 
 import pytest
 
-from archiver.restore import RestoreError, restore
-from archiver.verify import verify
+from resv.archiver.restore import RestoreError, restore
+from resv.archiver.verify import verify
+from resv.scratch import scratch_server
 from tests.archiver_support import PARTITIONS, create
 from tests.support import snapshot
 
@@ -41,12 +42,12 @@ async def test_restore_rebuilds_the_state_and_verify_agrees(engine, make_archive
     sync.flushall()
     sync.execute_command("FUNCTION", "FLUSH")  # all Redis data lost
 
-    report = await restore(engine.redis, pool, PARTITIONS)
+    report = await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches == [] and report.events >= 18
     assert state_of(sync) == before
     assert sorted(k for k in sync.keys("resv:*") if ":req:" in k) == requests
     assert 0 < sync.pttl(requests[0]) <= 86_400_000
-    assert (await verify(engine.redis, pool, PARTITIONS)).ok
+    assert (await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)).ok
 
     # the engine goes on: a retry is still answered from its record, new
     # reservations get new ids, and their events archive without collisions
@@ -59,7 +60,7 @@ async def test_restore_rebuilds_the_state_and_verify_agrees(engine, make_archive
     async with pool.connection() as conn:
         cur = await conn.execute("SELECT count(*) FROM events WHERE request_id = 'q-new'")
         assert (await cur.fetchone())[0] == 1
-    assert (await verify(engine.redis, pool, PARTITIONS)).ok
+    assert (await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)).ok
     sync.close()
 
 
@@ -67,7 +68,7 @@ async def test_restore_refuses_a_non_empty_target(engine, make_archiver, pool):
     await create(engine, "x", 1)
     await (await make_archiver()).drain()
     with pytest.raises(RestoreError, match="empty"):
-        await restore(engine.redis, pool, PARTITIONS)
+        await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert (await engine.resource("x")).capacity == 1
 
 
@@ -81,7 +82,7 @@ async def test_restore_writes_nothing_when_the_audit_was_tampered(engine, make_a
                            "WHERE type = 'RESERVATION_CONFIRMED' AND request_id = 'q3'")
     sync = sync_redis.Redis.from_url(redis_url, decode_responses=True)
     sync.flushall()
-    report = await restore(engine.redis, pool, PARTITIONS)
+    report = await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches and report.keys == 0
     assert sync.keys("resv:*") == []
     sync.close()

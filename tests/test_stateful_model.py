@@ -12,10 +12,11 @@ import time
 from dataclasses import dataclass, field
 
 import redis
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from engine.library import library_source
+from resv.engine.library import library_source
 from tests.support import create, events, fcall, reserve
 
 RESOURCES = ["a", "b"]

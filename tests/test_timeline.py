@@ -9,24 +9,24 @@ import re
 
 import pytest
 
-from archiver import streams
-from archiver.db import open_pool
-from archiver.timeline import (
+from resv.archiver import streams
+from resv.archiver.db import open_pool
+from resv.archiver.timeline import (
     AuditUnavailable,
     InvalidCursor,
     request_decisions,
     resource_timeline,
 )
-from archiver.verify import verify
-from engine.cli import main
-from engine.keys import partition_of
+from resv.archiver.verify import verify
+from resv.cli import main
+from resv.engine.keys import partition_of
+from resv.scratch import scratch_server
 from tests.archiver_support import (
     PARTITIONS,
     create,
     reserve_many,
     stream_entries,
 )
-
 
 ISO_MICROS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 RESOURCES = ["gig", "talk", "dinner"]
@@ -80,7 +80,7 @@ async def test_timeline_is_the_stream_order_while_the_archiver_lags(engine, make
         assert all(ISO_MICROS.fullmatch(e.server_time) for e in got)
         assert [e.remaining for e in got if e.remaining is not None] == \
             [int(f["remaining"]) for _, f in expected if "remaining" in f]
-    report = await verify(engine.redis, pool, PARTITIONS)
+    report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches == [] and report.events == len(seen) and report.resources == 3
 
 

@@ -9,19 +9,25 @@ import time
 
 import pytest
 
-from archiver.replay import CLOCK_BEGIN, CLOCK_END, CLOCK_KEY, Planner, replay_source
-from archiver.timeline import event_from_entry
-from archiver.verify import verify
-from engine import Engine, ResourceSpec, Settings
-from engine.cli import main
-from engine.keys import resource_keys
-from engine.library import library_source
+from resv.archiver.replay import (
+    CLOCK_BEGIN,
+    CLOCK_END,
+    CLOCK_KEY,
+    Planner,
+    replay_source,
+)
+from resv.archiver.timeline import event_from_entry
+from resv.archiver.verify import verify
+from resv.cli import main
+from resv.engine import Engine, ResourceSpec, Settings
+from resv.engine.keys import resource_keys
+from resv.engine.library import library_source
+from resv.scratch import scratch_server
 from tests.archiver_support import (
     PARTITIONS,
     create,
     entries_added,
 )
-
 
 
 async def every_kind_of_decision(engine: Engine) -> None:
@@ -82,19 +88,19 @@ async def test_every_decision_is_reproduced(engine, make_archiver, pool) -> None
     await (await make_archiver()).drain()
     await engine.reserve("d", "z", 1, "r12")  # in the stream only
     await engine.reserve("a", "fred", 1, "r13")
-    report = await verify(engine.redis, pool, PARTITIONS)
+    report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches == []
     assert report.events == sum((await entries_added(engine.redis)).values())
     assert report.resources == 5  # a, later, past, d, and ghost (absent on both sides)
     # refused configures log what was asked: nothing is inferred
     assert report.inferred == 0
-    only_d = await verify(engine.redis, pool, PARTITIONS, resource_id="d")
+    only_d = await verify(engine.redis, pool, PARTITIONS, resource_id="d", scratch_server=scratch_server)
     assert only_d.mismatches == [] and only_d.resources == 1 and only_d.events == 10
 
 
 async def test_streams_alone_before_any_archiving(engine) -> None:
     await every_kind_of_decision(engine)
-    report = await verify(engine.redis, None, PARTITIONS)
+    report = await verify(engine.redis, None, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches == [] and report.events == sum((await entries_added(engine.redis)).values())
 
 
@@ -111,7 +117,7 @@ async def test_a_tampered_row_is_named(engine, make_archiver, pool, database_url
     await (await make_archiver()).drain()
     async with pool.connection() as conn:
         assert (await conn.execute(tamper)).rowcount == 1
-    report = await verify(engine.redis, pool, PARTITIONS)
+    report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert [m.what for m in report.mismatches] == [expected]
     argv = ["verify", "--redis-url", engine.settings.redis_url, "--database-url", database_url]
     assert await asyncio.to_thread(main, argv) == 1
@@ -124,7 +130,7 @@ async def test_a_missing_row_breaks_the_replay(engine, make_archiver, pool) -> N
     await (await make_archiver()).drain()
     async with pool.connection() as conn:
         await conn.execute("DELETE FROM events WHERE request_id = 'r9'")
-    report = await verify(engine.redis, pool, PARTITIONS, resource_id="d")
+    report = await verify(engine.redis, pool, PARTITIONS, resource_id="d", scratch_server=scratch_server)
     whats = [m.what for m in report.mismatches]
     # what follows no longer adds up: x's next request is now within its limit
     assert "decision: logged REJECTED, replayed CONFIRMED [r10]" in whats
@@ -135,10 +141,10 @@ async def test_a_missing_row_breaks_the_replay(engine, make_archiver, pool) -> N
 async def test_live_state_is_compared(engine, make_archiver, pool, database_url, capsys) -> None:
     await every_kind_of_decision(engine)
     await (await make_archiver()).drain()
-    assert (await verify(engine.redis, pool, PARTITIONS)).ok
+    assert (await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)).ok
     res_key = resource_keys("d", PARTITIONS)[0]
     await engine.redis.hset(res_key, "reserved", "1")
-    report = await verify(engine.redis, pool, PARTITIONS)
+    report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert [m.what for m in report.mismatches] == ["resource d: reserved replayed 2, live 1"]
     assert await asyncio.to_thread(main, ["verify", "--resource", "a", "--redis-url", engine.settings.redis_url,
                                           "--database-url", database_url]) == 0
@@ -155,8 +161,8 @@ async def test_expired_idempotency_records_are_replayed_as_expired(redis_url, ma
         await asyncio.sleep(0.1)
         again = await short.reserve("t", "al", 1, "same")
         assert again.reservation_id != first.reservation_id and not again.replayed
-        assert (await verify(short.redis, None, PARTITIONS, idempotency_ttl_ms=30)).ok
-        assert (await verify(short.redis, None, PARTITIONS)).ok  # logged ttl wins over the 24 h default
+        assert (await verify(short.redis, None, PARTITIONS, idempotency_ttl_ms=30, scratch_server=scratch_server)).ok
+        assert (await verify(short.redis, None, PARTITIONS, scratch_server=scratch_server)).ok  # logged ttl wins over the 24 h default
 
 
 def test_logged_inputs_are_used_when_the_events_carry_them() -> None:

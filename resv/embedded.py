@@ -38,7 +38,7 @@ class ServerStartError(RuntimeError):
 
 
 # ---------------------------------------------------------------- helpers
-# (shared with archiver.embedded_pg)
+# (shared with resv.embedded_pg)
 
 
 def free_port() -> int:

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import psycopg
 
-from engine.embedded import (
+from resv.embedded import (
     ServerProcess,
     ServerStartError,
     free_port,

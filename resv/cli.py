@@ -12,14 +12,14 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("engine.demo", "start everything on embedded servers and print how to use it"),
-    "serve": ("api.serve", "serve the HTTP API"),
-    "archiver": ("archiver.run", "drain the decision streams into PostgreSQL"),
-    "migrate": ("archiver.migrate", "apply the SQL migrations"),
-    "timeline": ("archiver.timeline_cli", "print a resource's complete ordered history"),
-    "verify": ("archiver.verify", "replay the audit through the Lua and compare every decision"),
-    "restore": ("archiver.restore", "rebuild the engine state in an empty Redis from the audit"),
-    "keys": ("engine.keys_cli", "print the keys a resource's calls take (for redis-cli FCALL)"),
+    "demo": ("resv.commands.demo", "start everything on embedded servers and print how to use it"),
+    "serve": ("resv.api.serve", "serve the HTTP API"),
+    "archiver": ("resv.archiver.run", "drain the decision streams into PostgreSQL"),
+    "migrate": ("resv.archiver.migrate", "apply the SQL migrations"),
+    "timeline": ("resv.commands.timeline", "print a resource's complete ordered history"),
+    "verify": ("resv.commands.verify", "replay the audit through the Lua and compare every decision"),
+    "restore": ("resv.commands.restore", "rebuild the engine state in an empty Redis from the audit"),
+    "keys": ("resv.commands.keys", "print the keys a resource's calls take (for redis-cli FCALL)"),
 }
 
 

@@ -47,7 +47,7 @@ def _wait_http(url: str, timeout: float = 30.0) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engine.embedded import EmbeddedRedis, free_port
+    from resv.embedded import EmbeddedRedis, free_port
 
     env = dict(os.environ)
     data = Path(args.data_dir).resolve()
@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             env["REDIS_URL"] = server.url
             notes.append(f"embedded Valkey at {server.url} (AOF, appendfsync always; data in {server.data_dir})")
         if not env.get("DATABASE_URL"):
-            from archiver.embedded_pg import EmbeddedPostgres
+            from resv.embedded_pg import EmbeddedPostgres
 
             pg = stack.enter_context(EmbeddedPostgres(data_dir=data / "postgres"))
             env["DATABASE_URL"] = pg.url
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         # The embedded server fsyncs every write, so the strict profile holds.
         env.setdefault("RESV_DURABILITY", "strict")
         port = args.port if _port_free(args.host, args.port) else free_port()
-        cli = [sys.executable, "-m", "engine.cli"]
+        cli = [sys.executable, "-m", "resv"]
         children = [
             subprocess.Popen([*cli, "serve", "--host", args.host, "--port", str(port),
                               "--workers", str(args.workers)], env=env),

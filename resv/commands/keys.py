@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from engine import keys
-from engine.settings import Settings
+from resv.engine import keys
+from resv.engine.settings import Settings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

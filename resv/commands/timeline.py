@@ -10,10 +10,10 @@ import sys
 import msgspec
 from redis.asyncio import Redis
 
-from archiver.db import open_pool
-from archiver.settings import ArchiverSettings
-from archiver.timeline import AuditUnavailable, TimelineEvent, resource_timeline
-from engine.settings import Settings
+from resv.archiver.db import open_pool
+from resv.archiver.settings import ArchiverSettings
+from resv.archiver.timeline import AuditUnavailable, TimelineEvent, resource_timeline
+from resv.engine.settings import Settings
 
 PAGE = 1000
 

@@ -1,0 +1,5 @@
+import sys
+
+from resv.cli import main
+
+sys.exit(main())
