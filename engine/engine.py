@@ -20,6 +20,7 @@ from resv.engine import keys
 from resv.engine.durability import DurabilityError, check_durability
 from resv.engine.errors import EngineError, is_missing_function, translate
 from resv.engine.library import ensure_library
+from resv.engine.lane import Target
 from resv.engine.pipeline import Pipeliner
 from resv.engine.settings import Settings
 from resv.engine.types import (
@@ -75,7 +76,7 @@ class Engine:
         # Definition changes are not idempotent (a retried create would report
         # ALREADY_EXISTS): they go through a client that never retries.
         self._admin = _client(url, settings, 0, 4)
-        self._pipe = Pipeliner(self.redis, self.load_library, timeout=settings.socket_timeout,
+        self._pipe = Pipeliner(self.redis, Target.from_url(url), self.load_library, timeout=settings.socket_timeout,
                                wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
 
     async def start(self) -> None:

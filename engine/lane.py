@@ -9,8 +9,10 @@ the tick the calls were made, so Redis works while the API goes on with the
 next requests; hiredis parses the replies in the transport's callback and
 they are handed back in order, with no task or coroutine per reply.
 
-redis-py still opens the connection (address, TLS, AUTH, SELECT, client name:
-whatever the URL says), then the lane takes its transport over. A lane carries
+The lane opens its own connection from the URL's settings (address or unix
+socket, TLS, user and password, database, client name) and signs in with
+HELLO 3 (the protocol redis-py 8 speaks by default) and SELECT, through the
+same reply path as every later call. A lane carries
 only the Pipeliner's calls, all idempotent: when it fails (connection lost, no
 reply within the timeout, a server still loading its data) it hands every
 batch still in flight back, and the Pipeliner re-sends them through redis-py's
@@ -20,13 +22,15 @@ retrying path.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import hiredis
+import msgspec
 from redis._parsers import BaseParser
-from redis.asyncio.connection import AbstractConnection
+from redis.connection import SSLConnection, parse_url
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -38,6 +42,65 @@ future its caller awaits."""
 Batch = list[Call]
 OnReplies = Callable[[Batch, list[Any]], None]
 OnLost = Callable[["Lane", list[Batch], BaseException], None]
+
+
+class Target(msgspec.Struct, frozen=True, kw_only=True):
+    """Where and how a lane connects, read from the engine's REDIS_URL."""
+
+    host: str = "localhost"
+    port: int = 6379
+    path: str | None = None
+    """A unix socket (unix:// URLs) instead of host and port."""
+    tls: bool = False
+    ca_certs: str | None = None
+    certfile: str | None = None
+    keyfile: str | None = None
+    verify: str = "required"
+    """ssl_cert_reqs: none, optional or required."""
+    check_hostname: bool = True
+    username: str | None = None
+    password: str | None = None
+    db: int = 0
+    client_name: str | None = None
+
+    @classmethod
+    def from_url(cls, url: str) -> Target:
+        """Reads the URL as redis-py does (redis://, rediss://, unix://,
+        query arguments such as ssl_ca_certs and client_name)."""
+        kw = parse_url(url)
+        cert_reqs = kw.get("ssl_cert_reqs")
+        verify = {ssl.CERT_NONE: "none", ssl.CERT_OPTIONAL: "optional"}.get(cert_reqs, str(cert_reqs or "required"))
+        return cls(
+            host=kw.get("host") or "localhost", port=int(kw.get("port") or 6379), path=kw.get("path"),
+            tls=issubclass(kw.get("connection_class", object), SSLConnection),
+            ca_certs=kw.get("ssl_ca_certs"), certfile=kw.get("ssl_certfile"), keyfile=kw.get("ssl_keyfile"),
+            verify=verify.lower(), check_hostname=str(kw.get("ssl_check_hostname", True)).lower() not in ("0", "false"),
+            username=kw.get("username"), password=kw.get("password"), db=int(kw.get("db") or 0),
+            client_name=kw.get("client_name"),
+        )
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if not self.tls:
+            return None
+        context = ssl.create_default_context(cafile=self.ca_certs)
+        if self.certfile:
+            context.load_cert_chain(self.certfile, self.keyfile)
+        context.check_hostname = self.check_hostname and self.verify != "none"
+        context.verify_mode = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL}.get(self.verify, ssl.CERT_REQUIRED)
+        return context
+
+    def handshake(self) -> list[Command]:
+        """HELLO 3 with AUTH and SETNAME, then SELECT: what redis-py sends
+        when it opens a connection for the same URL."""
+        hello: list[Any] = ["HELLO", 3]
+        if self.password is not None:
+            hello += ["AUTH", self.username or "default", self.password]
+        if self.client_name:
+            hello += ["SETNAME", self.client_name]
+        commands = [tuple(hello)]
+        if self.db:
+            commands.append(("SELECT", self.db))
+        return commands
 
 
 class Lane(asyncio.Protocol):
@@ -59,7 +122,6 @@ class Lane(asyncio.Protocol):
         self._replies: list[Any] = []
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
-        self._writer: asyncio.StreamWriter | None = None
         self._error: BaseException | None = None
         self._progress = 0.0  # loop time of the last reply (or first send)
         self._watchdog: asyncio.TimerHandle | None = None
@@ -67,25 +129,48 @@ class Lane(asyncio.Protocol):
         """Done once the connection is closed and on_lost has run."""
 
     @classmethod
-    async def open(cls, conn: AbstractConnection, timeout: float, on_replies: OnReplies, on_lost: OnLost) -> Lane:
-        """Connects `conn` (a fresh redis-py connection) and takes its socket.
-        Either protocol: redis-py 8 speaks RESP3 by default, whose server
-        pushes (maintenance notifications) are skipped, not taken as replies."""
-        await conn.connect()
-        lane = cls(timeout, on_replies, on_lost)
-        # redis-py keeps no public handle on its transport. The lane takes
-        # the stream pair from the connection object (which would close the
-        # socket when collected) and keeps the writer alive (a collected
-        # StreamWriter closes its transport too), then swaps the protocol.
-        writer = conn._writer  # noqa: SLF001
-        conn._reader = conn._writer = None  # noqa: SLF001
-        if writer is None:
-            raise RedisConnectionError("connection closed while opening")
-        lane._writer = writer
-        transport = writer.transport
-        transport.set_protocol(lane)
-        lane._transport = transport  # type: ignore[assignment]
+    async def open(cls, target: Target, timeout: float, on_replies: OnReplies, on_lost: OnLost) -> Lane:
+        """Connects, signs in, and returns a lane ready for calls. Raises
+        (and leaves nothing open) when the server cannot be reached within
+        `timeout` or refuses the sign-in. Server pushes (RESP3 maintenance
+        notifications) are skipped, never taken as replies."""
+        loop = asyncio.get_running_loop()
+        signed_in: asyncio.Future = loop.create_future()
+
+        def on_handshake(_batch: Batch, replies: list[Any]) -> None:
+            if not signed_in.done():
+                signed_in.set_result(replies)
+
+        def on_handshake_lost(_lane: Lane, _batches: list[Batch], error: BaseException) -> None:
+            if not signed_in.done():
+                signed_in.set_exception(error)
+
+        lane = cls(timeout, on_handshake, on_handshake_lost)
+        try:
+            async with asyncio.timeout(timeout):
+                if target.path:
+                    await loop.create_unix_connection(lambda: lane, target.path)
+                else:
+                    context = target.ssl_context()
+                    await loop.create_connection(lambda: lane, target.host, target.port, ssl=context,
+                                                 server_hostname=target.host if context else None)
+                lane.send([(c, hiredis.pack_command(c), loop.create_future()) for c in target.handshake()])
+                replies = await signed_in
+        except TimeoutError:
+            lane.abort()
+            raise RedisTimeoutError(f"no answer from Redis within {timeout} s while connecting") from None
+        except BaseException:
+            lane.abort()
+            raise
+        refused = next((r for r in replies if isinstance(r, Exception)), None)
+        if refused is not None:
+            lane.abort()
+            raise refused
+        lane._on_replies, lane._on_lost = on_replies, on_lost
         return lane
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
 
     @property
     def ready(self) -> bool:

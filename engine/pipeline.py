@@ -32,7 +32,7 @@ from resv.engine.errors import (
     is_missing_function,
     translate,
 )
-from resv.engine.lane import Batch, Command, Lane
+from resv.engine.lane import Batch, Command, Lane, Target
 
 # Functions that write: only they wait for replicas.
 READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_version"})
@@ -48,6 +48,7 @@ class Pipeliner:
     def __init__(
         self,
         redis: Redis,
+        target: Target,
         on_missing_function: Callable[[], Awaitable[Any]],
         flush_at: int = 8,
         max_batch: int = 512,
@@ -56,6 +57,8 @@ class Pipeliner:
         wait_timeout_ms: int = 500,
     ) -> None:
         self._redis = redis
+        self._target = target
+        """Where the lane connects: the same server and sign-in as `redis`."""
         self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._reload = on_missing_function
         self._reloading = asyncio.Lock()
@@ -128,13 +131,9 @@ class Pipeliner:
         self._spawn(self._connect_lane())
 
     async def _connect_lane(self) -> None:
-        conn = None
         try:
-            conn = self._redis.connection_pool.make_connection()
-            lane = await Lane.open(conn, self._timeout, self._settle_or_reload, self._lane_lost)
+            lane = await Lane.open(self._target, self._timeout, self._settle_or_reload, self._lane_lost)
         except BaseException as exc:  # the retrying path reports failures to callers
-            if conn is not None:
-                await conn.disconnect()
             self._reopen_at = asyncio.get_running_loop().time() + REOPEN_DELAY_S
             if not isinstance(exc, Exception):
                 raise

@@ -142,3 +142,55 @@ async def test_a_call_that_cannot_be_encoded_fails_alone(redis_url: str) -> None
         assert isinstance(results[3], EngineError)
         assert all(r.confirmed for i, r in enumerate(results) if i != 3)
         assert engine._pipe._lane is lane and lane.ready  # the lane carried on
+
+
+# The default user may only PING (the fixture's readiness probe); the rest
+# needs the URL's user.
+ACL = ("--user", "default", "on", "nopass", "-@all", "+ping",
+       "--user", "booker", "on", ">s3cret", "~*", "&*", "+@all")
+
+
+async def test_lane_opens_its_own_connection_from_a_tcp_or_unix_url(tmp_path) -> None:
+    sock = tmp_path / "valkey.sock"
+    with EmbeddedRedis(extra_args=(*ACL, "--unixsocket", str(sock), "--unixsocketperm", "700")) as server:
+        for url in (f"redis://booker:s3cret@127.0.0.1:{server.port}/2?client_name=resv-api",
+                    f"unix://booker:s3cret@{sock}?db=2&client_name=resv-api"):
+            async with Engine(Settings(redis_url=url, partitions=PARTITIONS)) as engine:
+                await engine.create_resource(ResourceSpec(resource_id=f"n{len(url)}", type="t", capacity=5))
+                lane = await open_lane(engine, f"n{len(url)}")
+                decision = await engine.reserve(f"n{len(url)}", "c", 1, "r-1")
+                assert decision.confirmed and engine._pipe._lane is lane
+                if url.startswith("redis://"):  # find the lane's own connection on the server
+                    host, port = lane._transport.get_extra_info("sockname")[:2]
+                    admin = redis.Redis(port=server.port, username="booker", password="s3cret")
+                    (mine,) = [c for c in admin.client_list() if c["addr"] == f"{host}:{port}"]
+                    admin.close()
+                    assert (mine["name"], mine["user"], mine["db"], mine["resp"]) == ("resv-api", "booker", "2", "3")
+        admin = redis.Redis(port=server.port, username="booker", password="s3cret", db=2)
+        assert admin.dbsize() > 0
+        admin.close()
+
+
+async def test_a_refused_sign_in_opens_no_lane() -> None:
+    with EmbeddedRedis(extra_args=ACL) as server:
+        from resv.engine.lane import Lane, Target
+
+        target = Target.from_url(f"redis://booker:wrong@127.0.0.1:{server.port}/0")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            await Lane.open(target, 1.0, lambda *_: None, lambda *_: None)
+        admin = redis.Redis(port=server.port, username="booker", password="s3cret")
+        assert len(admin.client_list()) == 1  # only this one: the refused connection was closed
+        admin.close()
+
+
+def test_the_target_reads_the_url_as_redis_py_does() -> None:
+    from resv.engine.lane import Target
+
+    t = Target.from_url("rediss://booker:s3cret@db.example:6380/4?ssl_cert_reqs=none&client_name=api")
+    assert (t.host, t.port, t.db, t.tls, t.verify, t.username, t.client_name) == (
+        "db.example", 6380, 4, True, "none", "booker", "api")
+    assert t.handshake() == [("HELLO", 3, "AUTH", "booker", "s3cret", "SETNAME", "api"), ("SELECT", 4)]
+    context = t.ssl_context()
+    assert context is not None and not context.check_hostname
+    plain = Target.from_url("redis://127.0.0.1:7000")
+    assert plain.ssl_context() is None and plain.handshake() == [("HELLO", 3)]
