@@ -178,8 +178,15 @@ async def test_a_refused_sign_in_opens_no_lane() -> None:
         target = Target.from_url(f"redis://booker:wrong@127.0.0.1:{server.port}/0")
         with pytest.raises(redis.exceptions.AuthenticationError):
             await Lane.open(target, 1.0, lambda *_: None, lambda *_: None)
+        no_such_db = Target.from_url(f"redis://booker:s3cret@127.0.0.1:{server.port}/99")
+        with pytest.raises(redis.exceptions.ResponseError, match="DB index"):
+            await Lane.open(no_such_db, 1.0, lambda *_: None, lambda *_: None)
         admin = redis.Redis(port=server.port, username="booker", password="s3cret")
-        assert len(admin.client_list()) == 1  # only this one: the refused connection was closed
+        for _ in range(200):  # the server sees the closes a moment later
+            if len(admin.client_list()) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(admin.client_list()) == 1  # only this one: the refused connections were closed
         admin.close()
 
 
