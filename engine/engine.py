@@ -133,6 +133,9 @@ class Engine:
     def _keys(self, resource_id: str) -> tuple[str, ...]:
         return keys.resource_keys(resource_id, self.settings.partitions)
 
+    def _write_keys(self, resource_id: str) -> tuple[str, ...]:
+        return keys.write_keys(resource_id, self.settings.partitions)
+
     def _call(self, function: str, keys_: tuple[str, ...], *args: Any) -> asyncio.Future:
         """Pipelined; await the future for the reply. Its errors arrive as
         EngineErrors. A plain function, not a coroutine: each coroutine
@@ -161,7 +164,7 @@ class Engine:
     async def create_resource(self, spec: ResourceSpec) -> Decision:
         return _decision(await self._admin_call(
             "resv_create",
-            self._keys(spec.resource_id),
+            self._write_keys(spec.resource_id),
             spec.resource_id,
             spec.type,
             str(spec.capacity),
@@ -170,6 +173,8 @@ class Engine:
             "1" if spec.waitlist_enabled else "0",
             _opt(spec.max_per_request),
             _opt(spec.max_per_client),
+            "",  # the actor
+            _opt(spec.notify_window_ms),
         ))
 
     async def configure(self, resource_id: str, expected_version: int, changes: dict[str, Any]) -> Decision:
@@ -181,15 +186,15 @@ class Engine:
                 value = "1" if value else "0"
             pairs += [name, "" if value is None else str(value)]
         return _decision(await self._admin_call(
-            "resv_configure", self._keys(resource_id), resource_id, str(expected_version), *pairs
+            "resv_configure", self._write_keys(resource_id), resource_id, str(expected_version), *pairs
         ))
 
     async def open(self, resource_id: str, expected_version: int) -> Decision:
-        return _decision(await self._admin_call("resv_open", self._keys(resource_id), resource_id,
+        return _decision(await self._admin_call("resv_open", self._write_keys(resource_id), resource_id,
                                                 str(expected_version)))
 
     async def close(self, resource_id: str, expected_version: int) -> Decision:
-        return _decision(await self._admin_call("resv_close", self._keys(resource_id), resource_id,
+        return _decision(await self._admin_call("resv_close", self._write_keys(resource_id), resource_id,
                                                 str(expected_version)))
 
     # -- commits (clients)
@@ -201,7 +206,7 @@ class Engine:
         p = self.settings.partitions
         return _decision(await self._call(
             "resv_reserve",
-            (*self._keys(resource_id), keys.request_key(resource_id, request_id, p)),
+            keys.reserve_keys(resource_id, keys.request_key(resource_id, request_id, p), p),
             resource_id,
             client_id,
             str(quantity),
@@ -214,17 +219,33 @@ class Engine:
         resource_id = keys.resource_of_reservation(reservation_id)
         if resource_id is None:
             return None
-        return _decision(await self._call("resv_cancel", self._keys(resource_id), resource_id, reservation_id))
+        return _decision(await self._call("resv_cancel", self._write_keys(resource_id), resource_id, reservation_id))
 
     async def join_waitlist(self, resource_id: str, client_id: str, quantity: int) -> Decision:
-        return _decision(await self._call("resv_wl_join", self._keys(resource_id), resource_id, client_id,
+        return _decision(await self._call("resv_wl_join", self._write_keys(resource_id), resource_id, client_id,
                                           str(quantity)))
 
     async def leave_waitlist(self, entry_id: str) -> Decision | None:
         resource_id = keys.resource_of_entry(entry_id)
         if resource_id is None:
             return None
-        return _decision(await self._call("resv_wl_leave", self._keys(resource_id), resource_id, entry_id))
+        return _decision(await self._call("resv_wl_leave", self._write_keys(resource_id), resource_id, entry_id))
+
+    async def sweep_waitlist(self, resource_id: str) -> Decision:
+        """Expires the resource's lapsed notifications and notifies what
+        then fits (resv_wl_sweep); logs only when it changed something."""
+        return _decision(await self._call("resv_wl_sweep", self._write_keys(resource_id), resource_id))
+
+    async def due_for_sweep(self, partition: int, limit: int = 100) -> list[str]:
+        """Resources of a partition with a notification whose deadline has
+        come (server time), earliest first, from the partition's index."""
+        try:
+            now_s, now_us = await self.redis.time()
+            now = int(now_s) * 1_000_000 + int(now_us)
+            return list(await self.redis.zrangebyscore(keys.notified_index_key(partition), "-inf", now,
+                                                       start=0, num=limit))
+        except Exception as exc:
+            raise translate(exc) from exc
 
     # -- reads (source of truth; no event)
 

@@ -47,6 +47,33 @@ def resource_keys(resource_id: str, partitions: int) -> tuple[str, str, str, str
     )
 
 
+@lru_cache(maxsize=4096)
+def waitlist_keys(resource_id: str, partitions: int) -> tuple[str, str, str]:
+    """The waiting-list keys every write call takes after its other keys:
+    WAITING entries by quantity, NOTIFIED entries by deadline, and the
+    partition's index of resources with outstanding notifications."""
+    p = resource_prefix(resource_id, partitions)
+    return (f"{p}wq:{resource_id}", f"{p}wn:{resource_id}", f"{p}notified")
+
+
+@lru_cache(maxsize=4096)
+def write_keys(resource_id: str, partitions: int) -> tuple[str, ...]:
+    """The keys of a write call other than resv_reserve: the resource keys,
+    then the waiting-list keys."""
+    return resource_keys(resource_id, partitions) + waitlist_keys(resource_id, partitions)
+
+
+def reserve_keys(resource_id: str, request_key_: str, partitions: int) -> tuple[str, ...]:
+    """resv_reserve's keys: the resource keys, the request key, the waiting-list keys."""
+    return (*resource_keys(resource_id, partitions), request_key_, *waitlist_keys(resource_id, partitions))
+
+
+def notified_index_key(partition: int) -> str:
+    """The partition's resources with outstanding notifications, scored by
+    their earliest deadline (us): what the sweep visits."""
+    return prefix(partition) + "notified"
+
+
 def request_key(resource_id: str, request_id: str, partitions: int) -> str:
     return f"{resource_prefix(resource_id, partitions)}req:{resource_id}:{request_id}"
 

@@ -9,8 +9,9 @@
 
   Time comes only from the server (`TIME`), in microseconds since the epoch.
   Every call that reaches a decision appends one event to its partition's
-  stream (plus one event per consequence: a notified or fulfilled waiting-list
-  entry); the stream id is the canonical order of decisions. Malformed calls
+  stream (plus one event per consequence: a waiting-list entry notified,
+  fulfilled or expired), the decision first and its consequences after it;
+  the stream id is the canonical order of decisions. Malformed calls
   (wrong key or argument count, an argument of the wrong shape) get an error
   reply starting with `BAD_ARGUMENT` and write nothing at all.
 
@@ -20,11 +21,31 @@
     KEYS[1] resv:{pN}:res:<rid>  hash   the resource: rules, state, version, reserved
     KEYS[2] resv:{pN}:bk:<rid>   hash   reservation_id -> reservation record (JSON)
     KEYS[3] resv:{pN}:cl:<rid>   hash   client_id -> confirmed quantity
-    KEYS[4] resv:{pN}:wl:<rid>   zset   WAITING entry ids, by join time (us)
+    KEYS[4] resv:{pN}:wl:<rid>   zset   WAITING entry ids, by join time (us): positions
     KEYS[5] resv:{pN}:we:<rid>   hash   'e:'..entry_id -> entry (JSON); 'c:'..client_id -> active entry id
     KEYS[6] resv:{pN}:events     stream the partition's decision log
   resv_reserve also takes
     KEYS[7] resv:{pN}:req:<rid>:<request_id>  string  idempotency record (JSON), expires
+  and every write entry point takes, after those, "the waiting-list keys":
+    resv:{pN}:wq:<rid>   zset   WAITING entries by quantity; the member is the
+                                entry's sequence number, zero-padded, so each
+                                quantity's run is in join order
+    resv:{pN}:wn:<rid>   zset   NOTIFIED entry ids, by deadline (us)
+    resv:{pN}:notified   zset   the partition's resources with outstanding
+                                notifications, by earliest deadline (the sweep's index)
+  (KEYS[7..9]; resv_reserve KEYS[8..10]).
+
+  Waiting list: capacity is notified against what is really free, capacity -
+  reserved - `notified` (the quantities of outstanding notifications, a field
+  of the resource). A notification is outstanding for the resource's
+  `notify_window_ms` from when it was sent (the window in force then), then
+  it lapses: the entry becomes EXPIRED (WAITLIST_EXPIRED), at the first write
+  call on the resource from its deadline on, or by resv_wl_sweep. When
+  capacity may have freed (a cancellation, a rules change, a notification
+  lapsed, fulfilled or left), the WAITING entries that fit are notified in
+  join order, each quantity's run read from its head: a freeing costs
+  O(log n) per entry notified plus one step per distinct quantity waiting,
+  at most MAX_WAITING_QUANTITIES of them.
 
   Decision replies are flat field/value arrays (readable in redis-cli), with at
   least: type, decision (CONFIRMED|REJECTED), code (public: RESOURCE_FULL,
@@ -38,11 +59,15 @@ local MAX_INT = 1000000000          -- capacity, quantities, limits
 local MAX_TIME = 9000000000000000   -- us; keeps integers exact in doubles
 local MAX_ID = 128                  -- client, request and entry ids
 local MAX_RESOURCE_ID = 64
-local MAX_WALK = 1000               -- waiting entries scanned per freeing
 local DEFAULT_IDEMPOTENCY_TTL_MS = 86400000
-
-local RULE_FIELDS = {'type', 'capacity', 'state', 'opens_at', 'closes_at',
-                     'waitlist_enabled', 'max_per_request', 'max_per_client'}
+local DEFAULT_NOTIFY_WINDOW_MS = 900000  -- 15 minutes
+local MAX_NOTIFY_WINDOW_MS = 30 * 86400000
+-- Distinct quantities WAITING at once: bounds the steps of a freeing (one
+-- per distinct quantity that fits); a join for a 65th is refused.
+local MAX_WAITING_QUANTITIES = 64
+-- The resource's `waitlist_index` field: its waiting list has the quantity
+-- and deadline indexes (library version 1 wrote neither; see upgrade).
+local WAITLIST_INDEX = '2'
 
 -- ---------------------------------------------------------------- helpers
 
@@ -104,11 +129,26 @@ local function resource_keys(keys, rid, nkeys)
   end
   local K = {res = k1, bk = prefix .. 'bk:' .. rid, cl = prefix .. 'cl:' .. rid,
              wl = prefix .. 'wl:' .. rid, we = prefix .. 'we:' .. rid,
-             events = prefix .. 'events', prefix = prefix}
+             events = prefix .. 'events', prefix = prefix,
+             wq = prefix .. 'wq:' .. rid, wn = prefix .. 'wn:' .. rid,
+             notified = prefix .. 'notified'}
   local expected = {K.res, K.bk, K.cl, K.wl, K.we, K.events}
   for i = 2, 6 do
     if keys[i] ~= expected[i] then
       return nil, bad('KEYS[' .. i .. '] must be ' .. expected[i])
+    end
+  end
+  return K
+end
+
+-- The resource keys plus the waiting-list keys from KEYS[at] (write calls).
+local function write_keys(keys, rid, nkeys, at)
+  local K, err = resource_keys(keys, rid, nkeys)
+  if not K then return nil, err end
+  local expected = {K.wq, K.wn, K.notified}
+  for i = 1, 3 do
+    if keys[at + i - 1] ~= expected[i] then
+      return nil, bad('KEYS[' .. (at + i - 1) .. '] must be ' .. expected[i])
     end
   end
   return K
@@ -126,6 +166,9 @@ local function load_resource(K)
   r.closes_at = tonumber(r.closes_at)
   r.max_per_request = tonumber(r.max_per_request)
   r.max_per_client = tonumber(r.max_per_client)
+  r.notify_window_ms = tonumber(r.notify_window_ms) or DEFAULT_NOTIFY_WINDOW_MS
+  r.notified = tonumber(r.notified) or 0                -- outstanding notifications' quantities
+  r.wl_quantities = tonumber(r.wl_quantities) or 0      -- distinct quantities WAITING
   return r
 end
 
@@ -152,7 +195,8 @@ local function rules_fields(r)
           'opens_at', opt(r.opens_at), 'closes_at', opt(r.closes_at),
           'waitlist_enabled', r.waitlist_enabled,
           'max_per_request', opt(r.max_per_request),
-          'max_per_client', opt(r.max_per_client)}
+          'max_per_client', opt(r.max_per_client),
+          'notify_window_ms', fmt(r.notify_window_ms)}
 end
 
 local function append(t, more)
@@ -169,43 +213,170 @@ local function public_status(r, now)
   return 'OPEN'
 end
 
--- Picks, in join order, the WAITING entries whose quantities fit in `freed`;
--- an entry too large is skipped and keeps its place. Reads only.
-local function entries_to_notify(K, freed)
-  local picked = {}
-  if freed <= 0 then return picked end
-  local ids = redis.call('ZRANGE', K.wl, 0, MAX_WALK - 1)
-  for _, eid in ipairs(ids) do
-    local raw = redis.call('HGET', K.we, 'e:' .. eid)
-    if raw then
-      local e = cjson.decode(raw)
+local function notify_allowed(r)
+  return r.state == 'OPEN' and r.waitlist_enabled == '1'
+end
+
+-- ------------------------------------------------------------ waiting list
+-- A WAITING entry is in wl (join time: positions) and in wq (quantity); a
+-- NOTIFIED one in wn (deadline). The resource's `notified` and
+-- `wl_quantities` fields are kept in `r` during a call and saved by settle.
+
+local function member_of(entry_id)
+  return string.format('%016d', tonumber(entry_id:match('~w(%d+)$')))
+end
+
+local function entry_of(rid, member)
+  return rid .. '~w' .. fmt(tonumber(member))
+end
+
+-- The partition's sweep index follows the resource's earliest deadline.
+local function index_deadline(K, rid)
+  local head = redis.call('ZRANGE', K.wn, 0, 0, 'WITHSCORES')
+  if head[2] then
+    redis.call('ZADD', K.notified, head[2], rid)
+  else
+    redis.call('ZREM', K.notified, rid)
+  end
+end
+
+-- Takes a WAITING or NOTIFIED entry off the list (it left, or became a
+-- reservation); true when capacity counted as notified was released.
+local function unlist(K, r, e)
+  local q = tonumber(e.quantity)
+  if e.status == 'WAITING' then
+    redis.call('ZREM', K.wl, e.entry_id)
+    redis.call('ZREM', K.wq, member_of(e.entry_id))
+    if redis.call('ZCOUNT', K.wq, q, q) == 0 then r.wl_quantities = r.wl_quantities - 1 end
+    r.wl_dirty = true
+    return false
+  end
+  if e.status == 'NOTIFIED' then
+    redis.call('ZREM', K.wn, e.entry_id)
+    r.notified = r.notified - q
+    r.wl_dirty, r.wn_dirty = true, true
+    return true
+  end
+  return false
+end
+
+-- A waiting list written by library version 1 (wl and we only; NOTIFIED
+-- entries without a deadline) gets its indexes on the resource's first write
+-- call: O(entries) once. Its notifications count from when they were sent.
+local function upgrade(K, r)
+  if r.waitlist_index == WAITLIST_INDEX then return end
+  local flat = redis.call('HGETALL', K.we)
+  local notified, seen, distinct = 0, {}, 0
+  for i = 1, #flat, 2 do
+    if flat[i]:sub(1, 2) == 'e:' then
+      local e = cjson.decode(flat[i + 1])
       local q = tonumber(e.quantity)
-      if q <= freed then
-        picked[#picked + 1] = e
-        freed = freed - q
-        if freed == 0 then break end
+      if e.status == 'WAITING' then
+        redis.call('ZADD', K.wq, fmt(q), member_of(e.entry_id))
+        if not seen[q] then seen[q], distinct = true, distinct + 1 end
+      elseif e.status == 'NOTIFIED' then
+        e.expires_at = fmt(tonumber(e.notified_at) + r.notify_window_ms * 1000)
+        redis.call('HSET', K.we, flat[i], cjson.encode(e))
+        redis.call('ZADD', K.wn, e.expires_at, e.entry_id)
+        notified = notified + q
       end
     end
   end
+  r.waitlist_index, r.notified, r.wl_quantities = WAITLIST_INDEX, notified, distinct
+  redis.call('HSET', K.res, 'waitlist_index', WAITLIST_INDEX)
+  r.wl_dirty, r.wn_dirty = true, true
+end
+
+-- Writes: the notifications whose deadline has come become EXPIRED (their
+-- client may join again); returns them, for settle to log. Runs before the
+-- call decides, so a decision never counts a lapsed notification.
+local function lapse(K, r, now)
+  upgrade(K, r)
+  if r.notified <= 0 then return {} end
+  local due = redis.call('ZRANGE', K.wn, '-inf', fmt(now), 'BYSCORE')
+  local lapsed = {}
+  for _, eid in ipairs(due) do
+    local e = cjson.decode(redis.call('HGET', K.we, 'e:' .. eid))
+    e.status = 'EXPIRED'
+    e.expired_at = fmt(now)
+    redis.call('HSET', K.we, 'e:' .. eid, cjson.encode(e))
+    redis.call('HDEL', K.we, 'c:' .. e.client_id)
+    r.notified = r.notified - tonumber(e.quantity)
+    lapsed[#lapsed + 1] = e
+  end
+  if #due > 0 then
+    redis.call('ZREMRANGEBYSCORE', K.wn, '-inf', fmt(now))
+    r.wl_dirty, r.wn_dirty = true, true
+  end
+  return lapsed
+end
+
+-- Writes: notifies, in join order, the WAITING entries that fit in what is
+-- really free (capacity - reserved - notified). The head of each distinct
+-- quantity's run that fits is read once; the earliest head is notified and
+-- its run's next entry takes its place, until no head fits.
+local function notify_fitting(K, r, rid, now)
+  local picked = {}
+  local free = r.capacity - r.reserved - r.notified
+  if free <= 0 or not notify_allowed(r) then return picked end
+  local heads, lo = {}, '-inf'
+  while true do
+    local h = redis.call('ZRANGE', K.wq, lo, fmt(free), 'BYSCORE', 'LIMIT', 0, 1, 'WITHSCORES')
+    if not h[1] then break end
+    local q = tonumber(h[2])
+    heads[#heads + 1] = {q = q, m = h[1]}
+    lo = '(' .. fmt(q)
+  end
+  while true do
+    local best
+    for _, h in ipairs(heads) do
+      if h.m and h.q <= free and (best == nil or h.m < best.m) then best = h end
+    end
+    if not best then break end
+    local eid = entry_of(rid, best.m)
+    local e = cjson.decode(redis.call('HGET', K.we, 'e:' .. eid))
+    e.status = 'NOTIFIED'
+    e.notified_at = fmt(now)
+    e.expires_at = fmt(now + r.notify_window_ms * 1000)
+    redis.call('HSET', K.we, 'e:' .. eid, cjson.encode(e))
+    redis.call('ZREM', K.wl, eid)
+    redis.call('ZREM', K.wq, best.m)
+    redis.call('ZADD', K.wn, e.expires_at, eid)
+    free = free - best.q
+    r.notified = r.notified + best.q
+    best.m = redis.call('ZRANGE', K.wq, fmt(best.q), fmt(best.q), 'BYSCORE', 'LIMIT', 0, 1)[1]
+    if not best.m then r.wl_quantities = r.wl_quantities - 1 end
+    picked[#picked + 1] = e
+  end
+  if #picked > 0 then r.wl_dirty, r.wn_dirty = true, true end
   return picked
 end
 
--- Writes: marks the picked entries NOTIFIED, one event each.
-local function notify(K, picked, now, r)
-  for _, e in ipairs(picked) do
-    e.status = 'NOTIFIED'
-    e.notified_at = fmt(now)
-    redis.call('HSET', K.we, 'e:' .. e.entry_id, cjson.encode(e))
-    redis.call('ZREM', K.wl, e.entry_id)
-    emit(K, {'type', 'WAITLIST_NOTIFIED', 'resource_id', e.resource_id,
-             'client_id', e.client_id, 'quantity', e.quantity, 'entry_id', e.entry_id,
-             'ts', fmt(now), 'version', fmt(r.version),
-             'remaining', fmt(r.capacity - r.reserved)})
+local function waitlist_event(K, r, kind, e, now)
+  local ev = {'type', kind, 'resource_id', e.resource_id, 'client_id', e.client_id,
+              'quantity', e.quantity, 'entry_id', e.entry_id, 'ts', fmt(now),
+              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)}
+  if kind == 'WAITLIST_NOTIFIED' then
+    append(ev, {'expires_at', e.expires_at})
+  elseif kind == 'WAITLIST_EXPIRED' then
+    append(ev, {'reason', 'NOTIFY_WINDOW_PASSED', 'notified_at', e.notified_at})
   end
+  emit(K, ev)
 end
 
-local function notify_allowed(r)
-  return r.state == 'OPEN' and r.waitlist_enabled == '1'
+-- After a call's decision (logged first): logs what lapsed, then, when
+-- capacity may have freed (`freed`, or anything lapsed), notifies what fits;
+-- saves the counts and the sweep index. Returns how many were notified.
+local function settle(K, r, rid, now, lapsed, freed)
+  for _, e in ipairs(lapsed) do waitlist_event(K, r, 'WAITLIST_EXPIRED', e, now) end
+  local picked = {}
+  if freed or #lapsed > 0 then picked = notify_fitting(K, r, rid, now) end
+  for _, e in ipairs(picked) do waitlist_event(K, r, 'WAITLIST_NOTIFIED', e, now) end
+  if r.wl_dirty then
+    redis.call('HSET', K.res, 'notified', fmt(r.notified), 'wl_quantities', fmt(r.wl_quantities))
+  end
+  if r.wn_dirty then index_deadline(K, rid) end
+  return #picked
 end
 
 -- Parses one rule value; returns (value, nil) or (nil, error reply).
@@ -235,6 +406,12 @@ local function parse_rule(field, v)
     local n = int_in(v, 1, MAX_INT)
     if n then return n end
     return nil, bad(field .. ' must be empty or an integer in 1..' .. MAX_INT)
+  elseif field == 'notify_window_ms' then
+    if v == '' then return DEFAULT_NOTIFY_WINDOW_MS end
+    local n = int_in(v, 1, MAX_NOTIFY_WINDOW_MS)
+    if n then return n end
+    return nil, bad('notify_window_ms must be empty (the default, ' .. DEFAULT_NOTIFY_WINDOW_MS
+                    .. ') or an integer in 1..' .. MAX_NOTIFY_WINDOW_MS)
   end
   return nil, bad('unknown rule ' .. tostring(field))
 end
@@ -249,14 +426,15 @@ local function save_rules(K, r, now)
              'opens_at', opt(r.opens_at), 'closes_at', opt(r.closes_at),
              'waitlist_enabled', r.waitlist_enabled,
              'max_per_request', opt(r.max_per_request),
-             'max_per_client', opt(r.max_per_client), 'updated_at', fmt(now))
+             'max_per_client', opt(r.max_per_client),
+             'notify_window_ms', fmt(r.notify_window_ms), 'updated_at', fmt(now))
 end
 
 -- ------------------------------------------------------------ entry points
 
 --[[
   resv_create: creates a resource, OPEN, version 1, nothing reserved.
-  KEYS[1..6]  the resource keys
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id     1-64 chars of [A-Za-z0-9_.-]
   ARGV[2] type            1-64 printable chars (e.g. meetup, table, seat)
   ARGV[3] capacity        integer 0..1e9
@@ -265,16 +443,21 @@ end
   ARGV[6] waitlist_enabled 0|1
   ARGV[7] max_per_request '' or 1..1e9
   ARGV[8] max_per_client  '' or 1..1e9 (total confirmed per client)
+  ARGV[9] actor           optional; '' (the actor convention, not recorded yet)
+  ARGV[10] notify_window_ms optional; '' or absent = 900000 (15 min), else 1..30 days in ms:
+                          how long a waiting-list notification stays outstanding
   Returns: type RESOURCE_CREATED, decision CONFIRMED, version 1, remaining, and
   the rules (resource_type, capacity, state, opens_at, closes_at,
-  waitlist_enabled, max_per_request, max_per_client); or type RESOURCE_REJECTED, decision REJECTED, code INVALID_STATE,
+  waitlist_enabled, max_per_request, max_per_client, notify_window_ms); or
+  type RESOURCE_REJECTED, decision REJECTED, code INVALID_STATE,
   reason ALREADY_EXISTS. Error BAD_ARGUMENT on a malformed call (no write).
 ]]
 local function create(keys, args)
   local rid = args[1]
-  local K, err = resource_keys(keys, rid, 6)
+  local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
-  if #args ~= 8 then return bad('expected 8 arguments, got ' .. #args) end
+  if #args < 8 or #args > 10 then return bad('expected 8 to 10 arguments, got ' .. #args) end
+  if args[9] and args[9] ~= '' then return bad('actor is not recorded by this library version: pass an empty one') end
   local r = {state = 'OPEN'}
   local fields = {'type', 'capacity', 'opens_at', 'closes_at', 'waitlist_enabled',
                   'max_per_request', 'max_per_client'}
@@ -283,6 +466,9 @@ local function create(keys, args)
     if e then return e end
     r[f] = v or nil
   end
+  local window, werr = parse_rule('notify_window_ms', args[10] or '')
+  if werr then return werr end
+  r.notify_window_ms = window
   if not window_ok(r.opens_at, r.closes_at) then return bad('opens_at must be before closes_at') end
   local now = server_now()
   if redis.call('EXISTS', K.res) == 1 then
@@ -296,7 +482,8 @@ local function create(keys, args)
   r.reserved = 0
   r.version = 1
   save_rules(K, r, now)
-  redis.call('HSET', K.res, 'reserved', '0', 'created_at', fmt(now), 'seq', '0')
+  redis.call('HSET', K.res, 'reserved', '0', 'created_at', fmt(now), 'seq', '0',
+             'notified', '0', 'wl_quantities', '0', 'waitlist_index', WAITLIST_INDEX)
   local ev = append({'type', 'RESOURCE_CREATED', 'decision', 'CONFIRMED', 'resource_id', rid,
                      'ts', fmt(now), 'version', '1', 'remaining', fmt(r.capacity)}, rules_fields(r))
   emit(K, ev)
@@ -305,22 +492,24 @@ end
 
 --[[
   resv_configure: changes rules with compare-and-set on the version.
-  KEYS[1..6]  the resource keys
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] expected_version  the version the caller read; a stale one is refused
   ARGV[3..] field, value pairs, at least one; fields: type, capacity, state
           (OPEN|CLOSED), opens_at, closes_at, waitlist_enabled, max_per_request,
-          max_per_client ('' clears an optional rule)
+          max_per_client ('' clears an optional rule), notify_window_ms ('' = the
+          default; applies to notifications sent from then on)
   Returns: type RULES_CHANGED, decision CONFIRMED, the new version and rules;
   or RULES_REJECTED, REJECTED, INVALID_STATE with reason UNKNOWN_RESOURCE,
   VERSION_MISMATCH or CAPACITY_BELOW_RESERVED, plus expected_version and
   requested (the field/value pairs asked for, as a JSON array) (capacity may never go below what
-  is reserved). Raising capacity of an OPEN resource notifies waiting entries
-  that fit in the added capacity (WAITLIST_NOTIFIED events).
+  is reserved). After a change, waiting entries that fit in what is really
+  free are notified (WAITLIST_NOTIFIED events): capacity raised, reopened,
+  waiting list switched on. Lapsed notifications expire first (any outcome).
 ]]
 local function configure(keys, args)
   local rid = args[1]
-  local K, err = resource_keys(keys, rid, 6)
+  local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   local expected = int_in(args[2], 0, MAX_INT)
   if not expected then return bad('expected_version must be an integer') end
@@ -348,37 +537,38 @@ local function configure(keys, args)
     return ev
   end
   if not r then return reject('UNKNOWN_RESOURCE') end
-  if r.version ~= expected then return reject('VERSION_MISMATCH', r) end
-  local old_capacity = r.capacity
-  for f, v in pairs(changes) do
-    if v == false then r[f] = nil else r[f] = v end
+  local function refuse(reason)
+    local lapsed = lapse(K, r, now)
+    local ev = reject(reason, r)
+    settle(K, r, rid, now, lapsed, false)
+    return ev
   end
-  if not window_ok(r.opens_at, r.closes_at) then
+  if r.version ~= expected then return refuse('VERSION_MISMATCH') end
+  local new = {}
+  for f, v in pairs(r) do new[f] = v end
+  for f, v in pairs(changes) do
+    if v == false then new[f] = nil else new[f] = v end
+  end
+  if not window_ok(new.opens_at, new.closes_at) then
     return bad('opens_at must be before closes_at')
   end
-  if r.capacity < r.reserved then
-    local cur = load_resource(K)
-    return reject('CAPACITY_BELOW_RESERVED', cur)
-  end
-  local picked = {}
-  if notify_allowed(r) and r.capacity > old_capacity then
-    picked = entries_to_notify(K, math.min(r.capacity - old_capacity, r.capacity - r.reserved))
-  end
+  if new.capacity < new.reserved then return refuse('CAPACITY_BELOW_RESERVED') end
   -- writes start here
-  r.version = r.version + 1
-  save_rules(K, r, now)
+  local lapsed = lapse(K, new, now)
+  new.version = new.version + 1
+  save_rules(K, new, now)
   local ev = append({'type', 'RULES_CHANGED', 'decision', 'CONFIRMED', 'resource_id', rid,
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved)}, rules_fields(r))
+                     'ts', fmt(now), 'version', fmt(new.version),
+                     'remaining', fmt(new.capacity - new.reserved)}, rules_fields(new))
   emit(K, ev)
-  notify(K, picked, now, r)
+  settle(K, new, rid, now, lapsed, true)
   return ev
 end
 
 --[[
   resv_open / resv_close: sets the state, same contract as resv_configure with
   the single pair state=OPEN|CLOSED.
-  KEYS[1..6]  the resource keys
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] expected_version
 ]]
@@ -393,6 +583,7 @@ end
   resv_reserve: the commit. Confirms or rejects, on the real state, at server time.
   KEYS[1..6]  the resource keys
   KEYS[7]     resv:{pN}:req:<resource_id>:<request_id>  idempotency record
+  KEYS[8..10] the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] client_id       1-128 printable ASCII chars
   ARGV[3] quantity        integer 1..1e9
@@ -411,12 +602,14 @@ end
   confirmed), ts (= confirmed_at), version, remaining, idempotency_ttl_ms
   (when the decision is remembered), replayed (0|1).
   A confirmation also fulfils the client's active waiting-list entry
-  (WAITLIST_FULFILLED event). Decisions, rejections included, are remembered
-  under the request id for the ttl.
+  (WAITLIST_FULFILLED event; a NOTIFIED one releases its notified quantity,
+  so others may be notified). Lapsed notifications expire first, whatever
+  the outcome. Decisions, rejections included, are remembered under the
+  request id for the ttl.
 ]]
 local function reserve(keys, args)
   local rid, client, qty_s, request_id = args[1], args[2], args[3], args[4]
-  local K, err = resource_keys(keys, rid, 7)
+  local K, err = write_keys(keys, rid, 10, 8)
   if not K then return err end
   if #args ~= 4 and #args ~= 5 then return bad('expected 4 or 5 arguments, got ' .. #args) end
   if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
@@ -436,6 +629,7 @@ local function reserve(keys, args)
 
   local prior = redis.call('GET', keys[7])
   local r = load_resource(K)
+  local lapsed = r and lapse(K, r, now)
   local function rejected(code, reason, record)
     local ev = {'type', 'RESERVATION_REJECTED', 'decision', 'REJECTED', 'code', code,
                 'reason', reason, 'resource_id', rid, 'client_id', client,
@@ -447,6 +641,7 @@ local function reserve(keys, args)
       redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
     end
     emit(K, ev)
+    if r then settle(K, r, rid, now, lapsed, false) end
     ev[#ev + 1] = 'replayed'
     ev[#ev + 1] = '0'
     return ev
@@ -468,6 +663,7 @@ local function reserve(keys, args)
              'reservation_id', field('reservation_id'), 'ts', fmt(now),
              'version', r and fmt(r.version) or '',
              'remaining', r and fmt(r.capacity - r.reserved) or ''})
+    if r then settle(K, r, rid, now, lapsed, false) end
     orig[#orig + 1] = 'replayed'
     orig[#orig + 1] = '1'
     return orig
@@ -512,17 +708,19 @@ local function reserve(keys, args)
               'idempotency_ttl_ms', fmt(ttl)}
   redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
   emit(K, ev)
+  local released = false
   if entry then
+    released = unlist(K, r, entry)
     entry.status = 'FULFILLED'
     entry.fulfilled_at = fmt(now)
     redis.call('HSET', K.we, 'e:' .. entry_id, cjson.encode(entry))
     redis.call('HDEL', K.we, 'c:' .. client)
-    redis.call('ZREM', K.wl, entry_id)
     emit(K, {'type', 'WAITLIST_FULFILLED', 'resource_id', rid, 'client_id', client,
              'quantity', entry.quantity, 'entry_id', entry_id,
              'reservation_id', reservation_id, 'ts', fmt(now),
              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)})
   end
+  settle(K, r, rid, now, lapsed, released)
   ev[#ev + 1] = 'replayed'
   ev[#ev + 1] = '0'
   return ev
@@ -537,24 +735,28 @@ end
 
 --[[
   resv_cancel: cancels a confirmed reservation and frees its capacity. Idempotent.
-  KEYS[1..6]  the resource keys
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] reservation_id  as returned by resv_reserve (<resource_id>~<n>)
   Returns: type RESERVATION_CANCELLED (decision CONFIRMED) with the reservation
   fields, or CANCEL_REPLAYED with the original cancellation when it was already
   cancelled, or CANCEL_REJECTED (REJECTED, INVALID_STATE, UNKNOWN_RESERVATION).
   Cancelling works in any state; when the resource is OPEN with its waiting
-  list on, waiting entries that fit in the freed quantity are NOTIFIED.
+  list on, waiting entries that fit in what is really free (capacity -
+  reserved - notified) are NOTIFIED, in join order. Lapsed notifications
+  expire first (WAITLIST_EXPIRED), whatever the outcome.
 ]]
 local function cancel(keys, args)
   local rid, reservation_id = args[1], args[2]
-  local K, err = resource_keys(keys, rid, 6)
+  local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 2 then return bad('expected 2 arguments: resource_id, reservation_id') end
   if not valid_id(reservation_id) then return bad('reservation_id must be 1-128 printable ASCII chars') end
   local now = server_now()
   local r = load_resource(K)
   local raw = redis.call('HGET', K.bk, reservation_id)
+  -- writes start here
+  local lapsed = r and lapse(K, r, now)
   if not raw then
     local ev = {'type', 'CANCEL_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', 'UNKNOWN_RESERVATION', 'resource_id', rid,
@@ -562,6 +764,7 @@ local function cancel(keys, args)
                 'version', r and fmt(r.version) or '',
                 'remaining', r and fmt(r.capacity - r.reserved) or ''}
     emit(K, ev)
+    if r then settle(K, r, rid, now, lapsed, false) end
     return ev
   end
   local b = cjson.decode(raw)
@@ -571,13 +774,11 @@ local function cancel(keys, args)
                        'remaining', fmt(r.capacity - r.reserved)},
                       reservation_fields(b))
     emit(K, ev)
+    settle(K, r, rid, now, lapsed, false)
     return ev
   end
   local qty = tonumber(b.quantity)
   r.reserved = r.reserved - qty
-  local picked = {}
-  if notify_allowed(r) then picked = entries_to_notify(K, qty) end
-  -- writes start here
   b.status = 'CANCELLED'
   b.cancelled_at = fmt(now)
   redis.call('HSET', K.bk, reservation_id, cjson.encode(b))
@@ -590,7 +791,7 @@ local function cancel(keys, args)
                      'remaining', fmt(r.capacity - r.reserved)},
                     reservation_fields(b))
   emit(K, ev)
-  notify(K, picked, now, r)
+  settle(K, r, rid, now, lapsed, true)
   return ev
 end
 
@@ -603,12 +804,13 @@ local function entry_fields(K, e)
   return {'entry_id', e.entry_id, 'resource_id', e.resource_id, 'client_id', e.client_id,
           'quantity', e.quantity, 'status', e.status, 'position', position,
           'joined_at', e.joined_at, 'notified_at', e.notified_at or '',
+          'expires_at', e.expires_at or '', 'expired_at', e.expired_at or '',
           'left_at', e.left_at or '', 'fulfilled_at', e.fulfilled_at or ''}
 end
 
 --[[
   resv_wl_join: joins the resource's waiting list (one active entry per client).
-  KEYS[1..6]  the resource keys
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] client_id
   ARGV[3] quantity  integer 1..1e9, what the client wants when notified
@@ -616,11 +818,15 @@ end
   fields (entry_id, status WAITING, position 1-based); WAITLIST_JOIN_REPLAYED
   (created 0) with the client's existing WAITING or NOTIFIED entry; or
   WAITLIST_REJECTED with INVALID_STATE/UNKNOWN_RESOURCE, WAITLIST_DISABLED,
-  OVER_REQUEST_LIMIT, or RESOURCE_CLOSED/STATE_CLOSED, WINDOW_CLOSED.
+  OVER_REQUEST_LIMIT, TOO_MANY_QUANTITIES (64 distinct quantities are
+  waiting already, none of them this one), or RESOURCE_CLOSED/STATE_CLOSED,
+  WINDOW_CLOSED. Joining notifies nobody, the joiner included (capacity did
+  not free), unless a notification lapsed; a client whose notification
+  expired joins again as a new entry.
 ]]
 local function wl_join(keys, args)
   local rid, client, qty_s = args[1], args[2], args[3]
-  local K, err = resource_keys(keys, rid, 6)
+  local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 3 then return bad('expected 3 arguments: resource_id, client_id, quantity') end
   if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
@@ -628,12 +834,15 @@ local function wl_join(keys, args)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
   local now = server_now()
   local r = load_resource(K)
+  -- writes start here
+  local lapsed = r and lapse(K, r, now)
   local function rejected(code, reason)
     local ev = {'type', 'WAITLIST_REJECTED', 'decision', 'REJECTED', 'code', code,
                 'reason', reason, 'resource_id', rid, 'client_id', client,
                 'quantity', fmt(qty), 'ts', fmt(now), 'version', r and fmt(r.version) or '',
                 'remaining', r and fmt(r.capacity - r.reserved) or ''}
     emit(K, ev)
+    if r then settle(K, r, rid, now, lapsed, false) end
     return ev
   end
   if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE') end
@@ -645,6 +854,7 @@ local function wl_join(keys, args)
                        'remaining', fmt(r.capacity - r.reserved), 'created', '0'},
                       entry_fields(K, e))
     emit(K, ev)
+    settle(K, r, rid, now, lapsed, false)
     return ev
   end
   if r.waitlist_enabled ~= '1' then return rejected('INVALID_STATE', 'WAITLIST_DISABLED') end
@@ -653,44 +863,58 @@ local function wl_join(keys, args)
   if r.max_per_request and qty > r.max_per_request then
     return rejected('INVALID_STATE', 'OVER_REQUEST_LIMIT')
   end
+  local new_quantity = redis.call('ZCOUNT', K.wq, qty, qty) == 0
+  if new_quantity and r.wl_quantities >= MAX_WAITING_QUANTITIES then
+    return rejected('INVALID_STATE', 'TOO_MANY_QUANTITIES')
+  end
   -- Join order is server time; two joins in the same microsecond keep their
-  -- commit order by taking the next free score.
+  -- commit order by taking the next free score. The sequence number (the
+  -- quantity index's member) follows commit order too.
   local score = now
   local last = redis.call('ZRANGE', K.wl, -1, -1, 'WITHSCORES')
   if last[2] and tonumber(last[2]) >= score then score = tonumber(last[2]) + 1 end
-  -- writes start here
   local seq = redis.call('HINCRBY', K.res, 'seq', 1)
   local entry_id = rid .. '~w' .. fmt(seq)
   local e = {entry_id = entry_id, resource_id = rid, client_id = client,
              quantity = fmt(qty), status = 'WAITING', joined_at = fmt(now)}
   redis.call('HSET', K.we, 'e:' .. entry_id, cjson.encode(e), 'c:' .. client, entry_id)
-  redis.call('ZADD', K.wl, score, entry_id)
+  redis.call('ZADD', K.wl, fmt(score), entry_id)
+  redis.call('ZADD', K.wq, fmt(qty), member_of(entry_id))
+  if new_quantity then
+    r.wl_quantities = r.wl_quantities + 1
+    r.wl_dirty = true
+  end
   local ev = append({'type', 'WAITLIST_JOINED', 'decision', 'CONFIRMED', 'reason', 'JOINED',
                      'ts', fmt(now), 'version', fmt(r.version),
                      'remaining', fmt(r.capacity - r.reserved), 'created', '1'},
                     entry_fields(K, e))
   emit(K, ev)
+  settle(K, r, rid, now, lapsed, false)
   return ev
 end
 
 --[[
   resv_wl_leave: leaves the waiting list. Idempotent.
-  KEYS[1..6]  the resource keys
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] entry_id  as returned by resv_wl_join (<resource_id>~w<n>)
   Returns: type WAITLIST_LEFT (decision CONFIRMED) with the entry fields,
   status LEFT; WAITLIST_LEAVE_REPLAYED when it had already left; or
-  WAITLIST_LEAVE_REJECTED (INVALID_STATE) with reason UNKNOWN_ENTRY, or
-  ENTRY_FULFILLED when the entry has already become a reservation.
+  WAITLIST_LEAVE_REJECTED (INVALID_STATE) with reason UNKNOWN_ENTRY,
+  ENTRY_FULFILLED when the entry has already become a reservation, or
+  ENTRY_EXPIRED when its notification lapsed. Leaving a NOTIFIED entry
+  releases its notified quantity: entries that fit are notified.
 ]]
 local function wl_leave(keys, args)
   local rid, entry_id = args[1], args[2]
-  local K, err = resource_keys(keys, rid, 6)
+  local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 2 then return bad('expected 2 arguments: resource_id, entry_id') end
   if not valid_id(entry_id) then return bad('entry_id must be 1-128 printable ASCII chars') end
   local now = server_now()
   local r = load_resource(K)
+  -- writes start here
+  local lapsed = r and lapse(K, r, now)
   local raw = redis.call('HGET', K.we, 'e:' .. entry_id)
   local base = {'ts', fmt(now), 'version', r and fmt(r.version) or '',
                 'remaining', r and fmt(r.capacity - r.reserved) or ''}
@@ -699,27 +923,82 @@ local function wl_leave(keys, args)
                        'code', 'INVALID_STATE', 'reason', 'UNKNOWN_ENTRY',
                        'resource_id', rid, 'entry_id', entry_id}, base)
     emit(K, ev)
+    if r then settle(K, r, rid, now, lapsed, false) end
     return ev
   end
   local e = cjson.decode(raw)
-  if e.status == 'LEFT' or e.status == 'FULFILLED' then
-    local ev = append({'type', e.status == 'LEFT' and 'WAITLIST_LEAVE_REPLAYED' or 'WAITLIST_LEAVE_REJECTED',
-                       'decision', e.status == 'LEFT' and 'CONFIRMED' or 'REJECTED',
-                       'code', e.status == 'LEFT' and '' or 'INVALID_STATE',
-                       'reason', e.status == 'LEFT' and 'ALREADY_LEFT' or 'ENTRY_FULFILLED'},
+  if e.status == 'LEFT' or e.status == 'FULFILLED' or e.status == 'EXPIRED' then
+    local left = e.status == 'LEFT'
+    local ev = append({'type', left and 'WAITLIST_LEAVE_REPLAYED' or 'WAITLIST_LEAVE_REJECTED',
+                       'decision', left and 'CONFIRMED' or 'REJECTED',
+                       'code', left and '' or 'INVALID_STATE',
+                       'reason', left and 'ALREADY_LEFT' or 'ENTRY_' .. e.status},
                       append(base, entry_fields(K, e)))
     emit(K, ev)
+    settle(K, r, rid, now, lapsed, false)
     return ev
   end
-  -- writes start here
+  local released = unlist(K, r, e)
   e.status = 'LEFT'
   e.left_at = fmt(now)
   redis.call('HSET', K.we, 'e:' .. entry_id, cjson.encode(e))
   redis.call('HDEL', K.we, 'c:' .. e.client_id)
-  redis.call('ZREM', K.wl, entry_id)
   local ev = append({'type', 'WAITLIST_LEFT', 'decision', 'CONFIRMED', 'reason', 'LEFT'},
                     append(base, entry_fields(K, e)))
   emit(K, ev)
+  settle(K, r, rid, now, lapsed, released)
+  return ev
+end
+
+--[[
+  resv_wl_sweep: expires the resource's notifications whose window has
+  passed, at server time, then notifies the waiting entries that now fit.
+  The archiver calls it for the resources the partition's sweep index
+  (resv:{pN}:notified) shows as due, so expiry does not wait for traffic.
+  KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
+  ARGV[1] resource_id
+  Returns: type WAITLIST_SWEPT, decision CONFIRMED, reason SWEPT,
+  resource_id, ts, version, remaining, expired (count), and in the reply
+  only notified (count), followed in the stream by the WAITLIST_EXPIRED and WAITLIST_NOTIFIED
+  events. Logged only when it expired or notified something: a sweep with
+  nothing due (another call expired it first) only refreshes the index and
+  logs nothing (expired 0, notified 0). An unknown resource is taken off
+  the index the same way.
+]]
+local function wl_sweep(keys, args)
+  local rid = args[1]
+  local K, err = write_keys(keys, rid, 9, 7)
+  if not K then return err end
+  if #args ~= 1 then return bad('expected 1 argument: resource_id') end
+  local now = server_now()
+  local r = load_resource(K)
+  -- writes start here
+  if not r then
+    redis.call('ZREM', K.notified, rid)
+    return {'type', 'WAITLIST_SWEPT', 'decision', 'CONFIRMED', 'reason', 'SWEPT', 'resource_id', rid,
+            'ts', fmt(now), 'expired', '0', 'notified', '0'}
+  end
+  local lapsed = lapse(K, r, now)
+  local ev = {'type', 'WAITLIST_SWEPT', 'decision', 'CONFIRMED', 'reason', 'SWEPT', 'resource_id', rid,
+              'ts', fmt(now), 'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved),
+              'expired', fmt(#lapsed)}
+  -- what fits is known only after notifying, and the decision is logged
+  -- before its consequences: the stream entry is added first, its count
+  -- after, from what settle did (a sweep with nothing to do logs nothing)
+  local free = r.capacity - r.reserved - r.notified
+  local would_notify = #lapsed > 0 or (free > 0 and notify_allowed(r)
+    and redis.call('ZCOUNT', K.wq, '-inf', fmt(free)) > 0)
+  if not would_notify then
+    index_deadline(K, rid)
+    if r.wl_dirty then
+      redis.call('HSET', K.res, 'notified', fmt(r.notified), 'wl_quantities', fmt(r.wl_quantities))
+    end
+    append(ev, {'notified', '0'})
+    return ev
+  end
+  emit(K, ev)
+  local notified = settle(K, r, rid, now, lapsed, true)
+  append(ev, {'notified', fmt(notified)})
   return ev
 end
 
@@ -732,7 +1011,9 @@ end
   KEYS[1..6]  the resource keys;  ARGV[1] resource_id
   Returns: resource_id, resource_type, capacity, reserved, remaining, state, status
   (OPEN|CLOSED|FULL as clients see it now), version, opens_at, closes_at,
-  waitlist_enabled, max_per_request, max_per_client, waitlist_length,
+  waitlist_enabled, max_per_request, max_per_client, notify_window_ms,
+  waitlist_length (WAITING entries), notified (the quantities of outstanding
+  notifications, lapsed ones included until a write call expires them),
   created_at, updated_at, now (server time, us).
 ]]
 local function resource_get(keys, args)
@@ -746,6 +1027,7 @@ local function resource_get(keys, args)
                  'remaining', fmt(r.capacity - r.reserved), 'version', fmt(r.version),
                  'status', public_status(r, now),
                  'waitlist_length', fmt(redis.call('ZCARD', K.wl)),
+                 'notified', fmt(r.notified),
                  'created_at', r.created_at, 'updated_at', r.updated_at, 'now', fmt(now)},
                 rules_fields(r))
 end
@@ -772,8 +1054,9 @@ end
   resv_wl_position: one waiting-list entry and its place.
   KEYS[1..6]  the resource keys;  ARGV[1] resource_id;  ARGV[2] entry_id
   Returns: entry_id, resource_id, client_id, quantity, status
-  (WAITING|NOTIFIED|FULFILLED|LEFT), position (1-based, only while WAITING),
-  joined_at, notified_at, left_at, fulfilled_at.
+  (WAITING|NOTIFIED|EXPIRED|FULFILLED|LEFT), position (1-based, in join
+  order, only while WAITING), joined_at, notified_at, expires_at (the
+  notification's deadline), expired_at, left_at, fulfilled_at.
 ]]
 local function wl_position(keys, args)
   local rid = args[1]
@@ -802,6 +1085,7 @@ redis.register_function{function_name = 'resv_reserve', callback = reserve, flag
 redis.register_function{function_name = 'resv_cancel', callback = cancel, flags = writes}
 redis.register_function{function_name = 'resv_wl_join', callback = wl_join, flags = writes}
 redis.register_function{function_name = 'resv_wl_leave', callback = wl_leave, flags = writes}
+redis.register_function{function_name = 'resv_wl_sweep', callback = wl_sweep, flags = writes}
 redis.register_function{function_name = 'resv_resource', callback = resource_get, flags = reads}
 redis.register_function{function_name = 'resv_reservation', callback = reservation_get, flags = reads}
 redis.register_function{function_name = 'resv_wl_position', callback = wl_position, flags = reads}

@@ -24,8 +24,22 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def fcall(r: redis.Redis, function: str, resource_id: str, *args: Any, extra_keys: tuple = ()) -> dict[str, str]:
+WRITES = frozenset({"resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
+                    "resv_wl_join", "resv_wl_leave", "resv_wl_sweep"})
+
+
+def wkeys(resource_id: str, partitions: int = PARTITIONS) -> list[str]:
+    """The waiting-list keys a write call takes after its other keys."""
+    return list(keys.waitlist_keys(resource_id, partitions))
+
+
+def call_keys(function: str, resource_id: str, extra_keys: tuple = ()) -> list[str]:
     ks = rkeys(resource_id) + list(extra_keys)
+    return ks + wkeys(resource_id) if function in WRITES else ks
+
+
+def fcall(r: redis.Redis, function: str, resource_id: str, *args: Any, extra_keys: tuple = ()) -> dict[str, str]:
+    ks = call_keys(function, resource_id, extra_keys)
     return as_dict(r.execute_command("FCALL", function, len(ks), *ks, resource_id, *args))
 
 

@@ -36,13 +36,13 @@ async def reserve_over_connections(url: str, resource_id: str, calls: int, conne
     """`calls` reserve FCALLs spread over `connections` separate connections."""
     clients = [aioredis.Redis.from_url(url, decode_responses=True, single_connection_client=True)
                for _ in range(connections)]
-    ks = keys.resource_keys(resource_id, PARTITIONS)
 
     async def one(i: int):
         rq = uuid.uuid4().hex
         req = keys.request_key(resource_id, rq, PARTITIONS)
         flat = await clients[i % connections].execute_command(
-            "FCALL", "resv_reserve", 7, *ks, req, resource_id, f"c{i}", "1", rq)
+            "FCALL", "resv_reserve", 10, *keys.reserve_keys(resource_id, req, PARTITIONS),
+            resource_id, f"c{i}", "1", rq)
         return dict(zip(flat[::2], flat[1::2]))
 
     # one call in flight per connection at a time: real concurrency across connections

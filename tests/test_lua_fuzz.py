@@ -19,10 +19,10 @@ from hypothesis import strategies as st
 from resv.engine import keys
 from resv.engine.library import library_source
 from tests.report import record
-from tests.support import PARTITIONS, create, rkeys, snapshot
+from tests.support import PARTITIONS, WRITES, create, rkeys, snapshot, wkeys
 
 FUNCTIONS = ["resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
-             "resv_wl_join", "resv_wl_leave", "resv_resource", "resv_reservation", "resv_wl_position"]
+             "resv_wl_join", "resv_wl_leave", "resv_wl_sweep", "resv_resource", "resv_reservation", "resv_wl_position"]
 RIDS = ["f1", "f2"]
 
 hostile = st.one_of(
@@ -41,7 +41,7 @@ def valid_keys(rid: str, fn: str, args: list) -> list[str]:
     if fn == "resv_reserve":
         rq = args[3] if len(args) > 3 and isinstance(args[3], str) else "q"
         ks.append(keys.request_key(rid, rq, PARTITIONS))
-    return ks
+    return ks + wkeys(rid) if fn in WRITES else ks
 
 
 small = st.integers(-1, 4).map(str)
@@ -59,6 +59,7 @@ PLAUSIBLE = {
     "resv_cancel": st.tuples(ids),
     "resv_wl_join": st.tuples(client, small),
     "resv_wl_leave": st.tuples(ids),
+    "resv_wl_sweep": st.tuples(),
     "resv_resource": st.tuples(),
     "resv_reservation": st.tuples(ids),
     "resv_wl_position": st.tuples(ids),
