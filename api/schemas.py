@@ -67,6 +67,12 @@ ResourceType = Annotated[
 Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 Capacity = Annotated[int, Meta(ge=0, le=MAX_INT)]
 Limit = Annotated[int, Meta(ge=1, le=MAX_INT)]
+MAX_NOTIFY_WINDOW_MS = 30 * 86_400_000
+"""The Lua's bound on notify_window_ms (30 days)."""
+NotifyWindow = Annotated[int, Meta(
+    ge=1, le=MAX_NOTIFY_WINDOW_MS, examples=[900_000],
+    description="How long a waiting-list notification stays outstanding, in ms (default 900000, 15 minutes); "
+                "its quantity counts as promised meanwhile, then the entry is EXPIRED.")]
 Moment = Annotated[datetime, Meta(tz=True, description="ISO-8601 with a timezone, e.g. 2026-11-24T19:00:00Z.")]
 Timestamp = Annotated[
     str,
@@ -178,10 +184,15 @@ class WaitlistEntryOut(_Out, kw_only=True):
     client_id: ClientId
     quantity: int
     position: int | None
-    """1-based place in the waiting list while WAITING; null otherwise."""
-    status: Literal["WAITING", "NOTIFIED", "FULFILLED", "LEFT"]
+    """1-based place in the waiting list (join order) while WAITING; null otherwise."""
+    status: Literal["WAITING", "NOTIFIED", "EXPIRED", "FULFILLED", "LEFT"]
+    """EXPIRED: notified, and the notify window passed without a reservation;
+    the client may join again."""
     joined_at: Timestamp | None = None
     notified_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
+    """While NOTIFIED: when the notification lapses."""
+    expired_at: Timestamp | None = None
 
 
 # -------------------------------------------------------------- resources
@@ -199,12 +210,15 @@ class ResourceCreate(_In, kw_only=True):
     max_per_request: Limit | None = None
     max_per_client: Limit | None = None
     """Most a client may hold confirmed in total."""
+    notify_window_ms: NotifyWindow | None = None
+    """null: the default, 900000 (15 minutes)."""
 
 
 class ResourcePatch(_In, kw_only=True):
     """Any of the rules, or the state. An absent field is left as it is;
     null clears an optional rule (opens_at, closes_at, max_per_request,
-    max_per_client)."""
+    max_per_client) and sets notify_window_ms back to its default. A new
+    notify window applies to notifications sent from then on."""
 
     type: ResourceType | UnsetType = UNSET
     capacity: Capacity | UnsetType = UNSET
@@ -214,6 +228,7 @@ class ResourcePatch(_In, kw_only=True):
     waitlist_enabled: bool | UnsetType = UNSET
     max_per_request: Limit | None | UnsetType = UNSET
     max_per_client: Limit | None | UnsetType = UNSET
+    notify_window_ms: NotifyWindow | None | UnsetType = UNSET
 
 
 class ResourceCreated(_Out, kw_only=True):
@@ -229,6 +244,7 @@ class ResourceCreated(_Out, kw_only=True):
     waitlist_enabled: bool
     max_per_request: int | None
     max_per_client: int | None
+    notify_window_ms: int
     created_at: Timestamp
 
 
@@ -250,7 +266,12 @@ class ResourceState(_Out, kw_only=True):
     waitlist_enabled: bool
     max_per_request: int | None
     max_per_client: int | None
+    notify_window_ms: int
     waitlist_length: int
+    """Entries WAITING."""
+    notified: int
+    """Seats promised to outstanding waiting-list notifications: entries are
+    notified against remaining minus this."""
     created_at: Timestamp | None
     updated_at: Timestamp | None
 

@@ -6,7 +6,12 @@ reads the recorded time from the key `resv:replay:clock`. Each logged
 decision's call is re-issued at its recorded time, in stream order per
 partition, and everything the call appends to the scratch stream is compared
 with what was logged: the decision itself and its consequences
-(WAITLIST_NOTIFIED, WAITLIST_FULFILLED, which are compared, never re-issued).
+(WAITLIST_NOTIFIED, WAITLIST_FULFILLED, WAITLIST_EXPIRED, which are compared,
+never re-issued). A lapsed notification is a consequence of whichever call
+came first from its deadline on, or of a sweep: the sweep logs its decision
+(WAITLIST_SWEPT) before what it expired and notified, and is re-issued at
+its recorded time like any call, so the replay lapses exactly what the log
+says lapsed. A sweep that changed nothing logged nothing and is not needed.
 
 Idempotency records: the replay passes the longest ttl the Lua accepts and
 expires each record itself at the recorded time (set time + ttl), so a retry
@@ -36,10 +41,10 @@ local function server_now()
 end
 {CLOCK_END}"""
 
-CONSEQUENCES = frozenset({"WAITLIST_NOTIFIED", "WAITLIST_FULFILLED"})
+CONSEQUENCES = frozenset({"WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_EXPIRED"})
 MAX_TTL_MS = 365 * 86_400_000  # the longest idempotency ttl resv_reserve accepts
 RULES = ("type", "capacity", "state", "opens_at", "closes_at", "waitlist_enabled",
-         "max_per_request", "max_per_client")
+         "max_per_request", "max_per_client", "notify_window_ms")
 # Columns of `events` compared with the replayed entry (as parsed from it).
 COMPARED_COLUMNS = ("type", "decision", "code", "reason", "resource_id", "client_id", "quantity",
                     "request_id", "reservation_id", "entry_id", "version", "remaining", "ts")
@@ -95,6 +100,12 @@ def resource_keys_at(partition: int, rid: str) -> tuple[str, ...]:
     return (f"{p}res:{rid}", f"{p}bk:{rid}", f"{p}cl:{rid}", f"{p}wl:{rid}", f"{p}we:{rid}", f"{p}events")
 
 
+def waitlist_keys_at(partition: int, rid: str) -> tuple[str, ...]:
+    """The three waiting-list keys (after the others in a write call)."""
+    p = prefix(partition)
+    return (f"{p}wq:{rid}", f"{p}wn:{rid}", f"{p}notified")
+
+
 class Planner:
     """Turns a partition's logged events, in stream order, into calls.
 
@@ -126,7 +137,7 @@ class Planner:
         e = group[0]
         f = e.fields
         rid = f.get("resource_id", "")
-        ks = resource_keys_at(partition, rid)
+        ks = resource_keys_at(partition, rid) + waitlist_keys_at(partition, rid)
         t = e.type or ""
         g = lambda name: f.get(name, "")
 
@@ -142,7 +153,8 @@ class Planner:
         if t == "RESOURCE_CREATED":
             self._rules_seen(f)
             return call("resv_create", g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
-                        g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"))
+                        g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"),
+                        "", g("notify_window_ms"))
         if t == "RESOURCE_REJECTED":
             # ALREADY_EXISTS depends on existence only; the attempted rules are not logged.
             return call("resv_create", "replay", "0", "", "", "0", "", "")
@@ -161,6 +173,8 @@ class Planner:
             return call("resv_wl_join", g("client_id"), g("quantity"))
         if t in ("WAITLIST_LEFT", "WAITLIST_LEAVE_REPLAYED", "WAITLIST_LEAVE_REJECTED"):
             return call("resv_wl_leave", g("entry_id"))
+        if t == "WAITLIST_SWEPT":
+            return call("resv_wl_sweep")
         return self._unplayable(group, f"no call logs a {t or 'typeless'} event")
 
     @staticmethod
@@ -216,7 +230,8 @@ class Planner:
         # longest ttl, for the same reason.
         ttl = str(logged_ttl or MAX_TTL_MS)
         return call("resv_reserve", f.get("client_id", ""), f.get("quantity", ""), request_id, ttl,
-                    keys=(*resource_keys_at(partition, rid), req_key), expire=expire)
+                    keys=(*resource_keys_at(partition, rid), req_key, *waitlist_keys_at(partition, rid)),
+                    expire=expire)
 
 
 async def replay(scratch: Redis, partition: int, calls: list[Call]) -> list[Mismatch]:

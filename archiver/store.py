@@ -76,13 +76,14 @@ ON CONFLICT (partition, stream_id) DO NOTHING
 _PROJECT_RULES = """
 INSERT INTO resources AS r (resource_id, partition, resource_type, capacity, state, opens_at,
                             closes_at, waitlist_enabled, max_per_request, max_per_client,
-                            rules_version, rules_ms, rules_seq, version, remaining,
+                            notify_window_ms, rules_version, rules_ms, rules_seq, version, remaining,
                             created_at, updated_at, last_ms, last_seq)
 SELECT DISTINCT ON (resource_id)
        resource_id, partition, fields->>'resource_type', resv_int(fields->>'capacity'),
        fields->>'state', resv_int(fields->>'opens_at'), resv_int(fields->>'closes_at'),
        fields->>'waitlist_enabled' = '1', resv_int(fields->>'max_per_request'),
-       resv_int(fields->>'max_per_client'), version, ms, seq, version, remaining,
+       resv_int(fields->>'max_per_client'), resv_int(fields->>'notify_window_ms'),
+       version, ms, seq, version, remaining,
        resv_time(min(ts_us) FILTER (WHERE type = 'RESOURCE_CREATED') OVER (PARTITION BY resource_id)),
        resv_time(ts_us), ms, seq
 FROM archiver_staging
@@ -92,7 +93,8 @@ ON CONFLICT (resource_id) DO UPDATE SET
     resource_type = excluded.resource_type, capacity = excluded.capacity,
     state = excluded.state, opens_at = excluded.opens_at, closes_at = excluded.closes_at,
     waitlist_enabled = excluded.waitlist_enabled, max_per_request = excluded.max_per_request,
-    max_per_client = excluded.max_per_client, rules_version = excluded.rules_version,
+    max_per_client = excluded.max_per_client, notify_window_ms = excluded.notify_window_ms,
+    rules_version = excluded.rules_version,
     rules_ms = excluded.rules_ms, rules_seq = excluded.rules_seq,
     created_at = coalesce(r.created_at, excluded.created_at), updated_at = excluded.updated_at
 WHERE r.rules_ms IS NULL OR (r.rules_ms, r.rules_seq) < (excluded.rules_ms, excluded.rules_seq)
@@ -142,20 +144,24 @@ WHERE b.status <> 'CANCELLED'
 _PROJECT_WAITLIST = """
 INSERT INTO waitlist_entries AS w (entry_id, resource_id, partition, client_id, quantity, status,
                                    reservation_id, joined_at, notified_at, fulfilled_at,
-                                   left_at, last_ms, last_seq)
+                                   left_at, expires_at, expired_at, last_ms, last_seq)
 SELECT DISTINCT ON (entry_id)
        entry_id, resource_id, partition, client_id, quantity,
        CASE type WHEN 'WAITLIST_JOINED' THEN 'WAITING' WHEN 'WAITLIST_NOTIFIED' THEN 'NOTIFIED'
-                 WHEN 'WAITLIST_FULFILLED' THEN 'FULFILLED' ELSE 'LEFT' END,
+                 WHEN 'WAITLIST_FULFILLED' THEN 'FULFILLED' WHEN 'WAITLIST_EXPIRED' THEN 'EXPIRED'
+                 ELSE 'LEFT' END,
        max(reservation_id) OVER e,
        resv_time(min(resv_int(fields->>'joined_at')) OVER e),
        resv_time(min(coalesce(resv_int(fields->>'notified_at'),
                               CASE WHEN type = 'WAITLIST_NOTIFIED' THEN ts_us END)) OVER e),
        resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_FULFILLED') OVER e),
        resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_LEFT') OVER e),
+       resv_time(max(resv_int(fields->>'expires_at')) FILTER (WHERE type = 'WAITLIST_NOTIFIED') OVER e),
+       resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_EXPIRED') OVER e),
        ms, seq
 FROM archiver_staging
-WHERE type IN ('WAITLIST_JOINED', 'WAITLIST_NOTIFIED', 'WAITLIST_FULFILLED', 'WAITLIST_LEFT')
+WHERE type IN ('WAITLIST_JOINED', 'WAITLIST_NOTIFIED', 'WAITLIST_FULFILLED', 'WAITLIST_LEFT',
+               'WAITLIST_EXPIRED')
   AND entry_id IS NOT NULL AND resource_id IS NOT NULL
 WINDOW e AS (PARTITION BY entry_id)
 ORDER BY entry_id, ms DESC, seq DESC
@@ -169,13 +175,15 @@ ON CONFLICT (entry_id) DO UPDATE SET
     joined_at = coalesce(w.joined_at, excluded.joined_at),
     notified_at = coalesce(w.notified_at, excluded.notified_at),
     fulfilled_at = coalesce(w.fulfilled_at, excluded.fulfilled_at),
-    left_at = coalesce(w.left_at, excluded.left_at)
+    left_at = coalesce(w.left_at, excluded.left_at),
+    expires_at = coalesce(w.expires_at, excluded.expires_at),
+    expired_at = coalesce(w.expired_at, excluded.expired_at)
 """
 
 _PROJECTIONS = (_PROJECT_RULES, _PROJECT_COUNTERS, _PROJECT_CANCELLED, _PROJECT_WAITLIST)
 _PROJECTED_TYPES = frozenset({
     "RESOURCE_CREATED", "RULES_CHANGED", "RESERVATION_CANCELLED",
-    "WAITLIST_JOINED", "WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_LEFT",
+    "WAITLIST_JOINED", "WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_LEFT", "WAITLIST_EXPIRED",
 })
 
 _encode = msgspec.json.Encoder().encode

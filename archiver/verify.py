@@ -28,6 +28,7 @@ from resv.archiver.replay import (
     load_replay_library,
     replay,
     resource_keys_at,
+    waitlist_keys_at,
 )
 from resv.archiver.streams import archived_marks, next_id, parse_id
 from resv.archiver.timeline import (
@@ -141,7 +142,7 @@ _RESOURCE_KEY = re.compile(r"resv:\{p(\d+)\}:res:(.+)")
 async def _compare_state(scratch: Redis, live: Redis, partition: int, resources: list[str], end: str,
                          report: VerifyReport) -> None:
     for rid in resources:
-        ks = resource_keys_at(partition, rid)
+        ks = resource_keys_at(partition, rid) + waitlist_keys_at(partition, rid)
         replayed, current = await _resource_state(scratch, ks), await _resource_state(live, ks)
         differences = _state_differences(rid, replayed, current)
         if differences and await _changed_since(live, partition, rid, end):
@@ -152,19 +153,23 @@ async def _compare_state(scratch: Redis, live: Redis, partition: int, resources:
 
 
 async def _resource_state(r: Redis, ks: tuple[str, ...]) -> dict[str, Any]:
-    res, bk, cl, wl, we, _ = ks
+    res, bk, cl, wl, we, _, wq, wn, _ = ks
     async with r.pipeline(transaction=False) as pipe:
         pipe.hgetall(res)
         pipe.hgetall(bk)
         pipe.hgetall(cl)
         pipe.zrange(wl, 0, -1, withscores=True)
         pipe.hgetall(we)
-        resource, bookings, clients, waiting, entries = await pipe.execute()
+        pipe.zrange(wq, 0, -1, withscores=True)
+        pipe.zrange(wn, 0, -1, withscores=True)
+        resource, bookings, clients, waiting, entries, by_quantity, notified = await pipe.execute()
     return {
         "resource": resource,
         "reservations": {k: json.loads(v) for k, v in bookings.items()},
         "client totals": clients,
         "waiting list": waiting,
+        "quantity index": by_quantity,
+        "notifications": notified,
         "waiting entries": {k: json.loads(v) if k.startswith("e:") else v for k, v in entries.items()},
     }
 
@@ -192,8 +197,9 @@ def _state_differences(rid: str, replayed: dict[str, Any], live: dict[str, Any])
                         out.append(f"{label} {key}: {field} replayed {a.get(field)}, live {b.get(field)}")
             else:
                 out.append(f"{label} {key}: replayed {a}, live {b}")
-    if replayed["waiting list"] != live["waiting list"]:
-        out.append(f"resource {rid}: waiting list replayed {replayed['waiting list']}, live {live['waiting list']}")
+    for part in ("waiting list", "quantity index", "notifications"):
+        if replayed[part] != live[part]:
+            out.append(f"resource {rid}: {part} replayed {replayed[part]}, live {live[part]}")
     return out
 
 

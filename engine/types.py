@@ -39,6 +39,7 @@ class Decision(msgspec.Struct, kw_only=True, frozen=True):
     joined_at: int | None = None
     notified_at: int | None = None
     expires_at: int | None = None
+    expired_at: int | None = None
     created: bool = False
     expired: int | None = None
     """resv_wl_sweep: how many notifications it expired (and `notified`, how many it sent)."""

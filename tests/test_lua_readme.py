@@ -40,7 +40,8 @@ def test_readme_example_runs(redis_url, tmp_path):
     assert "BAD_ARGUMENT" not in out.stdout and "ERR" not in out.stdout, out.stdout
     k = "resv:{p8}:res:concert-42"
     assert r.hget(k, "capacity") == "10" and r.hget(k, "version") == "4" and r.hget(k, "state") == "OPEN"
-    assert r.hget(k, "reserved") == "0"
+    assert r.hget(k, "reserved") == "0" and r.hget(k, "notify_window_ms") == "30000"
+    assert r.hget(k, "notified") == "0" and r.zcard("resv:{p8}:notified") == 0
     types = [f["type"] for _, f in r.xrange("resv:{p8}:events")]
     assert types == [
         "RESOURCE_CREATED", "RESERVATION_CONFIRMED", "RESERVATION_REPLAYED", "WAITLIST_JOINED",
