@@ -26,6 +26,8 @@ from resv.archiver.drain import Archiver
 from resv.archiver.metrics import ArchiverMetrics
 from resv.archiver.migrate import apply_migrations
 from resv.archiver.settings import ArchiverSettings
+from resv.archiver.sweep import Sweeper
+from resv.engine import Engine
 from resv.engine.settings import Settings
 
 log = logging.getLogger("resv.archiver")
@@ -48,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     if not database_url or not redis_url:
         print("resv archiver: set DATABASE_URL and REDIS_URL (or pass --database-url/--redis-url)", file=sys.stderr)
         return 2
-    return asyncio.run(serve(redis_url, database_url, engine_settings.partitions, settings, once=args.once))
+    return asyncio.run(serve(redis_url, database_url, engine_settings.partitions, settings, once=args.once,
+                             engine_settings=engine_settings))
 
 
 def tune_gc() -> None:
@@ -62,13 +65,16 @@ def tune_gc() -> None:
 
 
 async def serve(redis_url: str, database_url: str, partitions: int, settings: ArchiverSettings,
-                *, once: bool = False) -> int:
+                *, once: bool = False, engine_settings: Settings | None = None) -> int:
     tune_gc()
     metrics = ArchiverMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=2)
     pool = None
+    # the sweep's commits go through the engine, like every other commit
+    engine = Engine(engine_settings or Settings(partitions=partitions), redis_url)
+    sweeper = Sweeper(engine, partitions)
 
     async def prepare() -> None:
         nonlocal pool
@@ -89,16 +95,19 @@ async def serve(redis_url: str, database_url: str, partitions: int, settings: Ar
                 log.error("archiver: drain failed: %s: %s", type(exc).__name__, exc)
                 return 1
             log.info("archiver: archived %d entries", n)
+            if settings.sweep_interval_s > 0:
+                log.info("archiver: expired %d waiting-list notifications", await sweeper.run_once())
             return 0
-        await _schedule(archiver, settings)
+        await _schedule(archiver, settings, sweeper)
         return 0
     finally:
         if pool is not None:
             await pool.close()
+        await engine.aclose()
         await redis.aclose()
 
 
-async def _schedule(archiver: Archiver, settings: ArchiverSettings) -> None:
+async def _schedule(archiver: Archiver, settings: ArchiverSettings, sweeper: Sweeper) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,6 +127,11 @@ async def _schedule(archiver: Archiver, settings: ArchiverSettings) -> None:
         max_instances=1, coalesce=True, misfire_grace_time=None,
         next_run_time=datetime.now(UTC),
     )
+    if settings.sweep_interval_s > 0:
+        scheduler.add_job(
+            sweeper.run_once, "interval", seconds=settings.sweep_interval_s, id="archiver.sweep",
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
     scheduler.start()
     await stop.wait()
     log.info("archiver: stopping")
