@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 import redis
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 from resv.engine.library import library_source
 from resv.engine import keys
 from tests.support import PARTITIONS, events, fcall, reserve
 
 RESOURCES = ["a", "b"]
-CLIENTS = ["al", "bo", "cy", "di"]
+CLIENTS = ["al", "bo", "cy", "di", "ed", "fy"]
 PAST = str(int(time.time() * 1e6) - 3_600_000_000)
 
 
@@ -133,9 +133,28 @@ class Model(RuleBasedStateMachine):
 
     # -- rules
 
-    @rule(rid=st.sampled_from(RESOURCES), capacity=st.integers(0, 6), waitlist=st.booleans(),
+    # every run starts with a small resource with a waiting list, where
+    # notifications happen (steps are not spent on getting there)
+    @initialize(capacity=st.integers(1, 4), notify_window_ms=st.sampled_from([None, 20, 60]),
+                queue=st.lists(st.integers(1, 3), min_size=1, max_size=len(CLIENTS)))
+    def crowded(self, capacity, notify_window_ms, queue):
+        self.create("a", capacity, True, None, None, False, notify_window_ms)
+        for i, client in enumerate(CLIENTS[:capacity]):
+            self.n += 1
+            assert reserve(self.r, "a", f"early{i}", 1, f"q{self.n}")["decision"] == "CONFIRMED"
+            self.res["a"].reserved += 1
+            self.res["a"].per_client[f"early{i}"] = 1
+            self.res["a"].bookings[f"a~{i + 1}"] = [f"early{i}", 1, "CONFIRMED"]
+        for client, qty in zip(CLIENTS, queue):  # the resource is full: they wait
+            d = fcall(self.r, "resv_wl_join", "a", client, str(qty))
+            self.res["a"].entries[d["entry_id"]] = [client, qty, "WAITING"]
+            self.res["a"].waiting.append(d["entry_id"])
+
+    @rule(rid=st.sampled_from(RESOURCES), capacity=st.integers(0, 6),
+          waitlist=st.sampled_from([True, True, True, False]),
           mpr=st.sampled_from([None, 1, 2]), mpc=st.sampled_from([None, 2, 3]),
-          window_closed=st.booleans(), notify_window_ms=st.sampled_from([None, 20, 60]))
+          window_closed=st.sampled_from([False, False, False, True]),
+          notify_window_ms=st.sampled_from([None, 20, 60]))
     def create(self, rid, capacity, waitlist, mpr, mpc, window_closed, notify_window_ms):
         d = fcall(self.r, "resv_create", rid, "meetup", str(capacity), "1" if window_closed else "",
                   PAST if window_closed else "", "1" if waitlist else "0", str(mpr or ""), str(mpc or ""),
