@@ -131,7 +131,7 @@ local function resource_keys(keys, rid, nkeys)
              wl = prefix .. 'wl:' .. rid, we = prefix .. 'we:' .. rid,
              events = prefix .. 'events', prefix = prefix,
              wq = prefix .. 'wq:' .. rid, wn = prefix .. 'wn:' .. rid,
-             notified = prefix .. 'notified'}
+             notified = prefix .. 'notified', rid = rid}
   local expected = {K.res, K.bk, K.cl, K.wl, K.we, K.events}
   for i = 2, 6 do
     if keys[i] ~= expected[i] then
@@ -293,6 +293,9 @@ end
 local function lapse(K, r, now)
   upgrade(K, r)
   if r.notified <= 0 then return {} end
+  -- the sweep index holds the earliest deadline: O(1) when nothing is due
+  local head = tonumber(redis.call('ZSCORE', K.notified, K.rid))
+  if head and now < head then return {} end
   local due = redis.call('ZRANGE', K.wn, '-inf', fmt(now), 'BYSCORE')
   local lapsed = {}
   for _, eid in ipairs(due) do
@@ -325,6 +328,7 @@ local function notify_fitting(K, r, rid, now)
     if not h[1] then break end
     local q = tonumber(h[2])
     heads[#heads + 1] = {q = q, m = h[1]}
+    if q >= free then break end
     lo = '(' .. fmt(q)
   end
   while true do
@@ -348,7 +352,12 @@ local function notify_fitting(K, r, rid, now)
     if not best.m then r.wl_quantities = r.wl_quantities - 1 end
     picked[#picked + 1] = e
   end
-  if #picked > 0 then r.wl_dirty, r.wn_dirty = true, true end
+  if #picked > 0 then
+    r.wl_dirty = true
+    -- the new deadlines are the latest unless the window was shortened: LT
+    -- keeps the index at the earliest without reading it
+    redis.call('ZADD', K.notified, 'LT', picked[1].expires_at, rid)
+  end
   return picked
 end
 
@@ -795,9 +804,11 @@ local function cancel(keys, args)
   return ev
 end
 
-local function entry_fields(K, e)
+local function entry_fields(K, e, last)
   local position = ''
-  if e.status == 'WAITING' then
+  if last then
+    position = fmt(redis.call('ZCARD', K.wl))  -- just joined: the last one
+  elseif e.status == 'WAITING' then
     local rank = redis.call('ZRANK', K.wl, e.entry_id)
     if rank then position = fmt(rank + 1) end
   end
@@ -887,7 +898,7 @@ local function wl_join(keys, args)
   local ev = append({'type', 'WAITLIST_JOINED', 'decision', 'CONFIRMED', 'reason', 'JOINED',
                      'ts', fmt(now), 'version', fmt(r.version),
                      'remaining', fmt(r.capacity - r.reserved), 'created', '1'},
-                    entry_fields(K, e))
+                    entry_fields(K, e, true))
   emit(K, ev)
   settle(K, r, rid, now, lapsed, false)
   return ev
