@@ -70,6 +70,20 @@ CASES = [
     ("resv_wl_join", K, ["r1", "al"], "arguments"),
     ("resv_wl_leave", K, ["r1", "\xff\xfe"], "entry_id"),
     ("resv_resource", K[:3], ["r1"], "keys"),
+    # the optional actor (trailing ARGV; a pair in resv_configure)
+    ("resv_create", K, ["r1", "t", "1", "", "", "0", "", "", "a:b"], "actor"),
+    ("resv_create", K, ["r1", "t", "1", "", "", "0", "", "", "ops", "more"], "arguments"),
+    ("resv_configure", K, ["r1", "1", "capacity", "3", "actor", "a b"], "actor"),
+    ("resv_configure", K, ["r1", "1", "actor", "ops", "capacity", "3", "actor", "ops"], "actor given twice"),
+    ("resv_configure", K, ["r1", "1", "actor", "ops"], "at least one rule"),
+    ("resv_open", K, ["r1", "1", "x" * 65], "actor"),
+    ("resv_close", K, ["r1", "1", "ops", "more"], "arguments"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1", "q", "", "client:1"], "actor"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1", "q", "", "a\x00b"], "actor"),
+    ("resv_reserve", K + [GOOD_REQ], ["r1", "al", "1", "q", "", "ops", "more"], "arguments"),
+    ("resv_cancel", K, ["r1", "r1~1", "\xe9"], "actor"),
+    ("resv_wl_join", K, ["r1", "al", "1", "a b"], "actor"),
+    ("resv_wl_leave", K, ["r1", "r1~w1", ":"], "actor"),
 ]
 
 
