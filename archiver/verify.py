@@ -31,6 +31,7 @@ from resv.archiver.replay import (
 )
 from resv.archiver.streams import archived_marks, next_id, parse_id
 from resv.archiver.timeline import (
+    EVENT_SELECT,
     TimelineEvent,
     event_from_row,
     merge_events,
@@ -106,9 +107,7 @@ async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, p
     tail = await scan_stream(live, partition, mark, end, None, keep) if live is not None and end else []
     archived: list[TimelineEvent] = []
     if pool is not None:
-        sql = ("SELECT partition, stream_id, ts_us, type, decision, code, reason, resource_id, client_id, "
-               "quantity, request_id, reservation_id, entry_id, version, remaining, fields "
-               "FROM events WHERE partition = %s")
+        sql = EVENT_SELECT + "WHERE partition = %s"
         args: list[Any] = [partition]
         if resource_id:
             sql += " AND resource_id = %s"
