@@ -27,12 +27,11 @@ from resv.archiver.replay import (
     Mismatch,
     Planner,
     ScratchFactory,
-    load_replay_library,
     replay,
 )
 from resv.archiver.streams import GROUP
 from resv.archiver.verify import load_partition
-from resv.engine import ensure_library, library_source
+from resv.engine import ensure_library
 from resv.engine.keys import stream_key
 
 
@@ -56,7 +55,6 @@ async def restore(target: Redis, pool: AsyncConnectionPool, partitions: int, *,
     planner = Planner(idempotency_ttl_ms)
     last_ids: dict[int, str] = {}
     async with scratch_server() as scratch:
-        await load_replay_library(scratch, library_source())
         for p in range(partitions):
             log = await load_partition(None, pool, p, "0-0", None, None)
             if not log:

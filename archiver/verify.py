@@ -25,7 +25,6 @@ from resv.archiver.replay import (
     Mismatch,
     Planner,
     ScratchFactory,
-    load_replay_library,
     replay,
     resource_keys_at,
 )
@@ -37,7 +36,6 @@ from resv.archiver.timeline import (
     merge_events,
     scan_stream,
 )
-from resv.engine import library_source
 from resv.engine.keys import partition_of
 
 
@@ -75,7 +73,6 @@ async def verify(
     report = VerifyReport()
     planner = Planner(idempotency_ttl_ms)
     async with scratch_server() as scratch:
-        await load_replay_library(scratch, library_source())
         marks = await archived_marks(live, parts) if live is not None else {}
         if live is None:
             live_ids: dict[int, set[str]] = {}
