@@ -117,3 +117,23 @@ async def test_engine_reloads_a_flushed_library(redis_url):
         assert (await engine.configure("f", 1, {"capacity": 4})).version == 2
         await engine.redis.execute_command("FUNCTION", "FLUSH")
         assert (await engine.resource("f")).capacity == 4
+
+
+def test_serve_refuses_a_newer_library_and_leaves_it():
+    import subprocess
+
+    import redis
+
+    from resv.embedded import EmbeddedRedis, free_port
+    from tests.test_api_serve import ROOT, serve_command, server_env
+
+    newer = library_version() + 1
+    with EmbeddedRedis() as server:
+        r = redis.Redis.from_url(server.url, decode_responses=True)
+        r.execute_command("FUNCTION", "LOAD", as_version(newer))
+        done = subprocess.run(serve_command(free_port(), 1), cwd=ROOT, env=server_env(server.url),
+                              capture_output=True, text=True, timeout=60)
+        assert r.fcall_ro("resv_version", 0) == str(newer)
+        r.close()
+    assert done.returncode == 2
+    assert f"version {newer}, newer than this process's version {library_version()}" in done.stderr
