@@ -104,3 +104,10 @@ def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> Non
 
 def principal_of(scope: Scope) -> Principal | None:
     return scope.get("auth")
+
+
+def actor_of(scope: Scope) -> str | None:
+    """Who asks, as the Lua records it in every event (`actor`): the key id,
+    never the key. Never part of an answer to a client."""
+    principal = scope.get("auth")
+    return principal.key_id if principal is not None else None

@@ -21,6 +21,7 @@ from litestar import Controller, Request, Response, get, post
 from litestar.params import HeaderParameter
 
 from resv.api import decisions, docs, oplog
+from resv.api.auth import actor_of
 from resv.api.bodies import StrictJSON, parse
 from resv.api.errors import ApiError, error_response
 from resv.api.ids import new_request_id
@@ -91,7 +92,8 @@ class ReservationController(Controller):
         oplog.note(request.scope).request_id = request_id
         svc = services(request)
         with svc.deadline.guard():
-            decision = await svc.engine.reserve(body.resource_id, body.client_id, body.quantity, request_id)
+            decision = await svc.engine.reserve(body.resource_id, body.client_id, body.quantity, request_id,
+                                                actor=actor_of(request.scope))
         decisions.record(request.scope, decision)
         if decision.decision == "CONFIRMED":
             return decisions.json(decisions.reservation(decision), 201)  # type: ignore[return-value]
@@ -130,7 +132,7 @@ class ReservationController(Controller):
         if resource_of(reservation_id) is None:
             raise ApiError(404, "NOT_FOUND")
         svc = services(request)
-        decision = await svc.within_deadline(svc.engine.cancel(reservation_id))
+        decision = await svc.within_deadline(svc.engine.cancel(reservation_id, actor=actor_of(request.scope)))
         if decision is None:
             raise ApiError(404, "NOT_FOUND")
         decisions.record(request.scope, decision)

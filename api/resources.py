@@ -16,7 +16,7 @@ from litestar.params import HeaderParameter
 from msgspec import UNSET
 
 from resv.api import decisions, docs
-from resv.api.auth import operator_only
+from resv.api.auth import actor_of, operator_only
 from resv.api.bodies import StrictJSON, parse
 from resv.api.errors import ApiError
 from resv.api.schemas import (
@@ -113,7 +113,7 @@ class ResourceController(Controller):
             notify_window_ms=body.notify_window_ms,
         )
         svc = services(request)
-        decision = await svc.within_deadline(svc.engine.create_resource(spec))
+        decision = await svc.within_deadline(svc.engine.create_resource(spec, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
         if decision.decision != "CONFIRMED":
             if decision.reason == "ALREADY_EXISTS":
@@ -181,7 +181,8 @@ class ResourceController(Controller):
                 and changes["opens_at"] >= changes["closes_at"]:
             raise ApiError(400, "BAD_REQUEST", "closes_at: must be after opens_at")
         svc = services(request)
-        decision = await svc.within_deadline(svc.engine.configure(resource_id, expected, changes))
+        decision = await svc.within_deadline(
+            svc.engine.configure(resource_id, expected, changes, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
         if decision.decision != "CONFIRMED":
             if decision.reason == "UNKNOWN_RESOURCE":

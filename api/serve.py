@@ -20,7 +20,7 @@ import tempfile
 
 from resv.api import oplog
 from resv.api.settings import ApiSettings
-from resv.engine import DurabilityError, Engine, EngineUnavailable
+from resv.engine import DurabilityError, Engine, EngineUnavailable, LibraryVersionError
 
 APP_FACTORY = "resv.api.app:app_from_env"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -91,7 +91,7 @@ async def check_redis(settings: ApiSettings) -> str | None:
     engine = Engine(settings.engine)
     try:
         await prepare(engine)
-    except DurabilityError as exc:
+    except (DurabilityError, LibraryVersionError) as exc:
         return str(exc)
     except EngineUnavailable as exc:
         if settings.engine.durability == "strict":

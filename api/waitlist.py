@@ -16,6 +16,7 @@ from typing import Any
 from litestar import Controller, Request, Response, delete, get, post
 
 from resv.api import decisions, docs
+from resv.api.auth import actor_of
 from resv.api.bodies import StrictJSON, parse
 from resv.api.errors import ApiError
 from resv.api.schemas import (
@@ -54,7 +55,7 @@ class WaitlistController(Controller):
         body = parse(WaitlistJoinRequest, data)
         svc = services(request)
         decision = await svc.within_deadline(
-            svc.engine.join_waitlist(body.resource_id, body.client_id, body.quantity))
+            svc.engine.join_waitlist(body.resource_id, body.client_id, body.quantity, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
         if decision.decision != "CONFIRMED":
             return decisions.rejection(decision)  # type: ignore[return-value]
@@ -89,7 +90,7 @@ class WaitlistController(Controller):
         if resource_of(entry_id) is None:
             raise ApiError(404, "NOT_FOUND")
         svc = services(request)
-        decision = await svc.within_deadline(svc.engine.leave_waitlist(entry_id))
+        decision = await svc.within_deadline(svc.engine.leave_waitlist(entry_id, actor=actor_of(request.scope)))
         if decision is None:
             raise ApiError(404, "NOT_FOUND")
         decisions.record(request.scope, decision)

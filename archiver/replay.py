@@ -1,17 +1,23 @@
 """Re-deriving logged decisions with the same Lua, on a scratch server.
 
-The library is loaded as is, except its clock: the text between the
-`-- @clock-begin` and `-- @clock-end` markers becomes a `server_now()` that
-reads the recorded time from the key `resv:replay:clock`. Each logged
-decision's call is re-issued at its recorded time, in stream order per
-partition, and everything the call appends to the scratch stream is compared
-with what was logged: the decision itself and its consequences
-(WAITLIST_NOTIFIED, WAITLIST_FULFILLED, WAITLIST_EXPIRED, which are compared,
-never re-issued). A lapsed notification is a consequence of whichever call
-came first from its deadline on, or of a sweep: the sweep logs its decision
-(WAITLIST_SWEPT) before what it expired and notified, and is re-issued at
-its recorded time like any call, so the replay lapses exactly what the log
-says lapsed. A sweep that changed nothing logged nothing and is not needed.
+Each event is replayed through the library release that decided it (its
+`lib` field; none: release 1), as the package keeps every release
+(resv.engine.library). A release is loaded as is, except its clock: the text
+between the `-- @clock-begin` and `-- @clock-end` markers becomes a
+`server_now()` that reads the recorded time from the key
+`resv:replay:clock`. Each logged decision's call is re-issued at its
+recorded time, with its recorded actor, in stream order per partition, and
+everything the call appends to the scratch stream is compared with what was
+logged: the decision itself and its consequences (WAITLIST_NOTIFIED,
+WAITLIST_FULFILLED, WAITLIST_EXPIRED, which are compared, never re-issued).
+A lapsed notification is a consequence of whichever call came first from
+its deadline on, or of a sweep: the sweep logs its decision (WAITLIST_SWEPT)
+before what it expired and notified, and is re-issued at its recorded time
+like any call, so the replay lapses exactly what the log says lapsed. A
+sweep that changed nothing logged nothing and is not needed. When
+consecutive events were decided by different releases (an upgrade), the
+scratch server switches library between them and keeps its keys: a release
+reads the state its predecessor wrote, as a live upgrade requires.
 
 Idempotency records: the replay passes the longest ttl the Lua accepts and
 expires each record itself at the recorded time (set time + ttl), so a retry
@@ -23,6 +29,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
+from functools import cache
 from typing import Any
 
 import msgspec
@@ -30,6 +37,7 @@ from redis.asyncio import Redis
 
 from resv.archiver.store import parse_int
 from resv.archiver.timeline import TimelineEvent
+from resv.engine import library_source
 from resv.engine.keys import prefix, stream_key
 
 CLOCK_KEY = "resv:replay:clock"
@@ -59,6 +67,16 @@ def replay_source(source: str) -> str:
     return source[:begin] + REPLAY_CLOCK + source[end + len(CLOCK_END):]
 
 
+@cache
+def replay_release(version: int) -> str | None:
+    """Release `version` with its clock replaced; None when the package does
+    not ship it (an audit written by a newer release)."""
+    try:
+        return replay_source(library_source(version))
+    except KeyError:
+        return None
+
+
 class Mismatch(msgspec.Struct, frozen=True):
     partition: int
     stream_id: str | None
@@ -82,6 +100,8 @@ class Call(msgspec.Struct, frozen=True):
     """Inputs inferred from the outcome (the event lacks them): see `_rejected_configure`."""
     problem: str | None = None
     """Why the group cannot be re-issued (function is None)."""
+    lib: int = 1
+    """The library release that decided it (the event's `lib`)."""
 
 
 ScratchFactory = Callable[[], AbstractAsyncContextManager[Redis]]
@@ -137,24 +157,39 @@ class Planner:
         e = group[0]
         f = e.fields
         rid = f.get("resource_id", "")
-        ks = resource_keys_at(partition, rid) + waitlist_keys_at(partition, rid)
         t = e.type or ""
         g = lambda name: f.get(name, "")
+        lib = parse_int(f.get("lib")) or 1
+        # Release 1's write calls take the six resource keys; later ones
+        # also take the waiting-list keys (KEYS[7..9], after the request key).
+        wl = () if lib == 1 else waitlist_keys_at(partition, rid)
+        ks = resource_keys_at(partition, rid) + wl
+        actor = f.get("actor")
+        # re-issued as it was asked: the actor where the contract puts it
+        # (a pair in resv_configure, ARGV[9] of resv_create, the trailing
+        # argument elsewhere)
+        by: tuple[str, ...] = () if not actor else (actor,)
 
         def call(function: str, *args: str, keys: tuple[str, ...] = ks, inferred: bool = False,
-                 expire: tuple[str, ...] = ()) -> Call:
-            return Call(events=group, function=function, keys=keys, args=(rid, *args),
-                        expire_first=expire, inferred=inferred)
+                 expire: tuple[str, ...] = (), tail: bool = True) -> Call:
+            after = (("actor", *by) if by and function == "resv_configure" else by) if tail else ()
+            return Call(events=group, function=function, keys=keys, args=(rid, *args, *after),
+                        expire_first=expire, inferred=inferred, lib=lib)
 
+        if replay_release(lib) is None:
+            return self._unplayable(group, f"decided by Lua library version {lib}, which this package does not "
+                                           f"ship: replay it with version {lib} or later")
         if t in CONSEQUENCES:
             return self._unplayable(group, "a consequence with no decision before it")
         if not rid:
             return self._unplayable(group, "no resource_id")
         if t == "RESOURCE_CREATED":
             self._rules_seen(f)
-            return call("resv_create", g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
-                        g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"),
-                        "", g("notify_window_ms"))
+            rules = (g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
+                     g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"))
+            if lib == 1:
+                return call("resv_create", *rules)
+            return call("resv_create", *rules, actor or "", g("notify_window_ms"), tail=False)
         if t == "RESOURCE_REJECTED":
             # ALREADY_EXISTS depends on existence only; the attempted rules are not logged.
             return call("resv_create", "replay", "0", "", "", "0", "", "")
@@ -166,7 +201,7 @@ class Planner:
         if t == "RULES_REJECTED":
             return self._rejected_configure(f, call)
         if t.startswith("RESERVATION_") and t != "RESERVATION_CANCELLED":
-            return self._reserve(partition, e, call)
+            return self._reserve(partition, e, call, wl)
         if t in ("RESERVATION_CANCELLED", "CANCEL_REPLAYED", "CANCEL_REJECTED"):
             return call("resv_cancel", g("reservation_id"))
         if t in ("WAITLIST_JOINED", "WAITLIST_JOIN_REPLAYED", "WAITLIST_REJECTED"):
@@ -210,7 +245,7 @@ class Planner:
         return call("resv_configure", expected or str(version or 0), *(requested or ["state", "OPEN"]),
                     inferred=True)
 
-    def _reserve(self, partition: int, e: TimelineEvent, call) -> Call:
+    def _reserve(self, partition: int, e: TimelineEvent, call, wl: tuple[str, ...]) -> Call:
         f = e.fields
         rid, request_id = f.get("resource_id", ""), f.get("request_id", "")
         req_key = f"{prefix(partition)}req:{rid}:{request_id}"
@@ -230,7 +265,7 @@ class Planner:
         # longest ttl, for the same reason.
         ttl = str(logged_ttl or MAX_TTL_MS)
         return call("resv_reserve", f.get("client_id", ""), f.get("quantity", ""), request_id, ttl,
-                    keys=(*resource_keys_at(partition, rid), req_key, *waitlist_keys_at(partition, rid)),
+                    keys=(*resource_keys_at(partition, rid), req_key, *wl),
                     expire=expire)
 
 
@@ -240,15 +275,25 @@ async def replay(scratch: Redis, partition: int, calls: list[Call]) -> list[Mism
     mismatches: list[Mismatch] = []
     key = stream_key(partition)
     last_id = None
+    loaded: int | None = None  # the release on the scratch server (loaded at the first call)
     for start in range(0, len(calls), PIPELINE_CALLS):
         chunk = calls[start:start + PIPELINE_CALLS]
+        before: list[int] = []  # per call: commands sent before its FCALL
         async with scratch.pipeline(transaction=False) as pipe:
             pipe.xlen(key)
             for c in chunk:
                 if c.function is None:
+                    before.append(0)
                     continue
+                n = 1  # SET of the clock
+                if c.lib != loaded:
+                    pipe.execute_command("FUNCTION", "LOAD", "REPLACE", replay_release(c.lib))
+                    loaded = c.lib
+                    n += 1
                 if c.expire_first:
                     pipe.delete(*c.expire_first)
+                    n += 1
+                before.append(n)
                 pipe.set(CLOCK_KEY, str(c.events[0].ts or 0))
                 pipe.execute_command("FCALL", c.function, len(c.keys), *c.keys, *c.args)
                 pipe.xlen(key)
@@ -257,11 +302,14 @@ async def replay(scratch: Redis, partition: int, calls: list[Call]) -> list[Mism
         if produced:
             last_id = produced[-1][0]
         i, length, offset = 1, replies[0], 0
-        for c in chunk:
+        for c, n in zip(chunk, before):
             if c.function is None:
                 mismatches.append(_mismatch(partition, c.events[0], c.problem or "cannot be replayed"))
                 continue
-            i += 2 if c.expire_first else 1  # DEL, SET
+            for failed in replies[i:i + n]:  # a library that does not load fails every call after it
+                if isinstance(failed, Exception):
+                    mismatches.append(_mismatch(partition, c.events[0], f"cannot prepare the replay: {failed}"))
+            i += n  # LOAD, DEL, SET
             reply, new_length = replies[i], replies[i + 1]
             i += 2
             appended = [fields for _, fields in produced[offset:offset + new_length - length]]

@@ -8,7 +8,9 @@ match are the resulting state keys (resources, reservations, client totals,
 waiting lists, idempotency records still alive) copied to the target. Each
 stream is then recreated empty with its last id set past the archived ones,
 so new decisions get new, higher ids and the archive stays keyed uniquely.
-Then the production library is loaded; run `resv verify` to confirm.
+The current library release is loaded on the target first (refused, before
+anything is written, if the target runs a newer one); run `resv verify` to
+confirm.
 
 Limit: what was decided but not yet archived when Redis was lost is not in
 PostgreSQL and cannot be restored (see docs/guarantees.md). Under the strict
@@ -27,12 +29,11 @@ from resv.archiver.replay import (
     Mismatch,
     Planner,
     ScratchFactory,
-    load_replay_library,
     replay,
 )
 from resv.archiver.streams import GROUP
 from resv.archiver.verify import load_partition
-from resv.engine import ensure_library, library_source
+from resv.engine import ensure_library
 from resv.engine.keys import stream_key
 
 
@@ -52,11 +53,11 @@ async def restore(target: Redis, pool: AsyncConnectionPool, partitions: int, *,
     """target: decode_responses=True. Refuses a target holding any engine key."""
     async for _ in target.scan_iter(match="resv:*", count=1000):
         raise RestoreError("the target Redis already holds engine keys (resv:*): restore only into an empty one")
+    await ensure_library(target)  # LibraryVersionError before any write: the library only moves forward
     report = RestoreReport()
     planner = Planner(idempotency_ttl_ms)
     last_ids: dict[int, str] = {}
     async with scratch_server() as scratch:
-        await load_replay_library(scratch, library_source())
         for p in range(partitions):
             log = await load_partition(None, pool, p, "0-0", None, None)
             if not log:
@@ -72,7 +73,6 @@ async def restore(target: Redis, pool: AsyncConnectionPool, partitions: int, *,
         key = stream_key(p)
         await target.xgroup_create(key, GROUP, id="0", mkstream=True)
         await target.execute_command("XSETID", key, last_id)
-    await ensure_library(target)
     return report
 
 

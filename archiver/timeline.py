@@ -47,7 +47,9 @@ class AuditUnavailable(RuntimeError):
 class TimelineEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     """One decision (or consequence) as logged. server_time is ISO-8601 UTC
     with microseconds; ts the same instant in microseconds since the epoch;
-    fields every field of the stream entry, verbatim."""
+    actor who asked (an API key id such as `client#1`, an ops script's
+    name; null when none was given); fields every field of the stream
+    entry, verbatim (`lib`: the library release that decided it)."""
 
     stream_id: str
     partition: int
@@ -65,6 +67,7 @@ class TimelineEvent(msgspec.Struct, kw_only=True, omit_defaults=False):
     entry_id: str | None
     version: int | None
     remaining: int | None
+    actor: str | None = None
     fields: dict[str, str]
 
     @property
@@ -129,26 +132,28 @@ def event_from_entry(partition: int, stream_id: str, fields: dict[str, str]) -> 
         decision=decision, code=code, reason=reason, resource_id=resource_id,
         client_id=client_id, quantity=quantity, request_id=request_id,
         reservation_id=reservation_id, entry_id=entry_id, version=version,
-        remaining=remaining, fields=dict(fields),
+        remaining=remaining, actor=fields.get("actor") or None, fields=dict(fields),
     )
 
 
-_SELECT = """
+EVENT_SELECT = """
 SELECT partition, stream_id, ts_us, type, decision, code, reason, resource_id, client_id,
-       quantity, request_id, reservation_id, entry_id, version, remaining, fields
+       quantity, request_id, reservation_id, entry_id, version, remaining, actor, fields
 FROM events
 """
+"""What event_from_row reads."""
+_SELECT = EVENT_SELECT
 
 
 def event_from_row(row: tuple[Any, ...]) -> TimelineEvent:
     (partition, stream_id, ts, type_, decision, code, reason, resource_id, client_id,
-     quantity, request_id, reservation_id, entry_id, version, remaining, fields) = row
+     quantity, request_id, reservation_id, entry_id, version, remaining, actor, fields) = row
     return TimelineEvent(
         stream_id=stream_id, partition=partition, server_time=iso_time(ts), ts=ts, type=type_,
         decision=decision, code=code, reason=reason, resource_id=resource_id,
         client_id=client_id, quantity=quantity, request_id=request_id,
         reservation_id=reservation_id, entry_id=entry_id, version=version,
-        remaining=remaining, fields=fields,
+        remaining=remaining, actor=actor, fields=fields,
     )
 
 

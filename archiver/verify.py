@@ -25,19 +25,18 @@ from resv.archiver.replay import (
     Mismatch,
     Planner,
     ScratchFactory,
-    load_replay_library,
     replay,
     resource_keys_at,
     waitlist_keys_at,
 )
 from resv.archiver.streams import archived_marks, next_id, parse_id
 from resv.archiver.timeline import (
+    EVENT_SELECT,
     TimelineEvent,
     event_from_row,
     merge_events,
     scan_stream,
 )
-from resv.engine import library_source
 from resv.engine.keys import partition_of
 
 
@@ -75,7 +74,6 @@ async def verify(
     report = VerifyReport()
     planner = Planner(idempotency_ttl_ms)
     async with scratch_server() as scratch:
-        await load_replay_library(scratch, library_source())
         marks = await archived_marks(live, parts) if live is not None else {}
         if live is None:
             live_ids: dict[int, set[str]] = {}
@@ -107,9 +105,7 @@ async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, p
     tail = await scan_stream(live, partition, mark, end, None, keep) if live is not None and end else []
     archived: list[TimelineEvent] = []
     if pool is not None:
-        sql = ("SELECT partition, stream_id, ts_us, type, decision, code, reason, resource_id, client_id, "
-               "quantity, request_id, reservation_id, entry_id, version, remaining, fields "
-               "FROM events WHERE partition = %s")
+        sql = EVENT_SELECT + "WHERE partition = %s"
         args: list[Any] = [partition]
         if resource_id:
             sql += " AND resource_id = %s"

@@ -13,9 +13,10 @@ from resv.engine.errors import (
     BadArgument,
     EngineError,
     EngineUnavailable,
+    LibraryVersionError,
     NotReplicated,
 )
-from resv.engine.library import ensure_library, library_source
+from resv.engine.library import ensure_library, library_source, library_version
 from resv.engine.settings import Settings
 from resv.engine.types import (
     Decision,
@@ -35,6 +36,7 @@ __all__ = [
     "EngineError",
     "EngineUnavailable",
     "Event",
+    "LibraryVersionError",
     "NotReplicated",
     "Reservation",
     "Resource",
@@ -43,4 +45,5 @@ __all__ = [
     "WaitlistEntry",
     "ensure_library",
     "library_source",
+    "library_version",
 ]

@@ -19,8 +19,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from resv.engine import keys
 from resv.engine.durability import DurabilityError, check_durability
 from resv.engine.errors import EngineError, is_missing_function, translate
-from resv.engine.library import ensure_library
 from resv.engine.lane import Target
+from resv.engine.library import ensure_library, library_version
 from resv.engine.pipeline import Pipeliner
 from resv.engine.settings import Settings
 from resv.engine.types import (
@@ -39,6 +39,14 @@ def _decision(flat: list[Any]) -> Decision:
 
 def _opt(value: int | None) -> str:
     return "" if value is None else str(int(value))
+
+
+def _by(actor: str | None) -> tuple[str, ...]:
+    """The optional trailing `actor` argument: who asked (an API key id such
+    as `client#1`, an ops script's name). Recorded in every event the call
+    emits, never in its reply. Left out when None, so the call is what it
+    was before actors existed."""
+    return () if actor is None else (actor,)
 
 
 def _client(url: str, settings: Settings, retries: int, max_connections: int) -> Redis:
@@ -72,6 +80,7 @@ class Engine:
         self.url = url
         """The server's URL (parts that read the streams open their own client)."""
         self._ttl_arg = str(settings.idempotency_ttl_ms)
+        self._library_version = library_version()
         self.redis = _client(url, settings, settings.retries, settings.max_connections)
         # Definition changes are not idempotent (a retried create would report
         # ALREADY_EXISTS): they go through a client that never retries.
@@ -103,15 +112,21 @@ class Engine:
 
     async def library_ready(self) -> bool:
         """The library answers (FCALL_RO resv_version); a missing one is
-        loaded again, as the next call would."""
+        loaded again, as the next call would, and an older release (a
+        process of the previous version started after this one, or lost the
+        race at start) is upgraded again. A newer one is fine: it accepts
+        this release's calls (docs/guarantees.md, Upgrades)."""
         command = ("FCALL_RO", "resv_version", 0)
         try:
-            await self.redis.execute_command(*command)
+            loaded = await self.redis.execute_command(*command)
         except Exception as exc:
             if not is_missing_function(exc):
                 raise
             await self.load_library()
             await self.redis.execute_command(*command)
+            return True
+        if str(loaded).isdigit() and int(loaded) < self._library_version:
+            await self.load_library()
         return True
 
     async def aclose(self) -> None:
@@ -161,7 +176,7 @@ class Engine:
 
     # -- definition (operators)
 
-    async def create_resource(self, spec: ResourceSpec) -> Decision:
+    async def create_resource(self, spec: ResourceSpec, *, actor: str | None = None) -> Decision:
         return _decision(await self._admin_call(
             "resv_create",
             self._write_keys(spec.resource_id),
@@ -173,14 +188,15 @@ class Engine:
             "1" if spec.waitlist_enabled else "0",
             _opt(spec.max_per_request),
             _opt(spec.max_per_client),
-            "",  # the actor
+            actor or "",  # ARGV[9]: the actor, then ARGV[10]
             _opt(spec.notify_window_ms),
         ))
 
-    async def configure(self, resource_id: str, expected_version: int, changes: dict[str, Any]) -> Decision:
+    async def configure(self, resource_id: str, expected_version: int, changes: dict[str, Any], *,
+                        actor: str | None = None) -> Decision:
         """changes: rule name -> value (None clears an optional rule); `state`
         (OPEN|CLOSED) may be among them. One call, one new version."""
-        pairs: list[str] = []
+        pairs: list[str] = [] if actor is None else ["actor", actor]
         for name, value in changes.items():
             if isinstance(value, bool):
                 value = "1" if value else "0"
@@ -189,17 +205,18 @@ class Engine:
             "resv_configure", self._write_keys(resource_id), resource_id, str(expected_version), *pairs
         ))
 
-    async def open(self, resource_id: str, expected_version: int) -> Decision:
+    async def open(self, resource_id: str, expected_version: int, *, actor: str | None = None) -> Decision:
         return _decision(await self._admin_call("resv_open", self._write_keys(resource_id), resource_id,
-                                                str(expected_version)))
+                                                str(expected_version), *_by(actor)))
 
-    async def close(self, resource_id: str, expected_version: int) -> Decision:
+    async def close(self, resource_id: str, expected_version: int, *, actor: str | None = None) -> Decision:
         return _decision(await self._admin_call("resv_close", self._write_keys(resource_id), resource_id,
-                                                str(expected_version)))
+                                                str(expected_version), *_by(actor)))
 
     # -- commits (clients)
 
-    async def reserve(self, resource_id: str, client_id: str, quantity: int, request_id: str | None = None) -> Decision:
+    async def reserve(self, resource_id: str, client_id: str, quantity: int, request_id: str | None = None, *,
+                      actor: str | None = None) -> Decision:
         """Confirms or rejects. Give the same request_id to retry safely; a
         fresh one is made when none is given."""
         request_id = request_id or uuid.uuid4().hex
@@ -212,29 +229,34 @@ class Engine:
             str(quantity),
             request_id,
             self._ttl_arg,
+            *_by(actor),
         ))
 
-    async def cancel(self, reservation_id: str) -> Decision | None:
+    async def cancel(self, reservation_id: str, *, actor: str | None = None) -> Decision | None:
         """None when the id names no resource (so no reservation)."""
         resource_id = keys.resource_of_reservation(reservation_id)
         if resource_id is None:
             return None
-        return _decision(await self._call("resv_cancel", self._write_keys(resource_id), resource_id, reservation_id))
+        return _decision(await self._call("resv_cancel", self._write_keys(resource_id), resource_id, reservation_id,
+                                          *_by(actor)))
 
-    async def join_waitlist(self, resource_id: str, client_id: str, quantity: int) -> Decision:
+    async def join_waitlist(self, resource_id: str, client_id: str, quantity: int, *,
+                            actor: str | None = None) -> Decision:
         return _decision(await self._call("resv_wl_join", self._write_keys(resource_id), resource_id, client_id,
-                                          str(quantity)))
+                                          str(quantity), *_by(actor)))
 
-    async def leave_waitlist(self, entry_id: str) -> Decision | None:
+    async def leave_waitlist(self, entry_id: str, *, actor: str | None = None) -> Decision | None:
         resource_id = keys.resource_of_entry(entry_id)
         if resource_id is None:
             return None
-        return _decision(await self._call("resv_wl_leave", self._write_keys(resource_id), resource_id, entry_id))
+        return _decision(await self._call("resv_wl_leave", self._write_keys(resource_id), resource_id, entry_id,
+                                          *_by(actor)))
 
-    async def sweep_waitlist(self, resource_id: str) -> Decision:
+    async def sweep_waitlist(self, resource_id: str, *, actor: str | None = None) -> Decision:
         """Expires the resource's lapsed notifications and notifies what
         then fits (resv_wl_sweep); logs only when it changed something."""
-        return _decision(await self._call("resv_wl_sweep", self._write_keys(resource_id), resource_id))
+        return _decision(await self._call("resv_wl_sweep", self._write_keys(resource_id), resource_id,
+                                          *_by(actor)))
 
     async def due_for_sweep(self, partition: int, limit: int = 100) -> list[str]:
         """Resources of a partition with a notification whose deadline has

@@ -21,6 +21,12 @@ class EngineUnavailable(EngineError):
     request id, which can never book twice."""
 
 
+class LibraryVersionError(EngineError):
+    """The server runs a Lua library this process must not replace: a newer
+    release, other code under the same release number, or not ours. Raised
+    at start, before anything is loaded (docs/guarantees.md, Upgrades)."""
+
+
 class NotReplicated(EngineUnavailable):
     """The decision was made and recorded, but fewer replicas than
     RESV_WAIT_REPLICAS acknowledged it in time. `reply` is the raw decision;

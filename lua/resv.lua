@@ -51,14 +51,26 @@
   least: type, decision (CONFIRMED|REJECTED), code (public: RESOURCE_FULL,
   RESOURCE_CLOSED, INVALID_STATE; empty when confirmed), reason (exact, for
   operators), resource_id, ts (server time, us), version, remaining.
+
+  Who asked: every write entry point takes an optional trailing `actor`
+  (1-64 printable ASCII chars, no ':' and no space; '' or absent = none):
+  the API passes the caller's key id (`client#1`), an ops script its own
+  name. It is recorded as field `actor` in every event the call emits
+  (consequences included) and is never part of a reply.
+
+  Every event also records `lib`, the LIBRARY_VERSION below that decided it
+  (events without it were decided by version 1). Each release keeps its
+  number forever: a code change needs a new number, and the package keeps
+  every earlier release in lua/releases/ for `resv verify` and `resv restore`.
 ]]
 
-local LIBRARY_VERSION = '1'
+local LIBRARY_VERSION = '2'
 
 local MAX_INT = 1000000000          -- capacity, quantities, limits
 local MAX_TIME = 9000000000000000   -- us; keeps integers exact in doubles
 local MAX_ID = 128                  -- client, request and entry ids
 local MAX_RESOURCE_ID = 64
+local MAX_ACTOR = 64
 local DEFAULT_IDEMPOTENCY_TTL_MS = 86400000
 local DEFAULT_NOTIFY_WINDOW_MS = 900000  -- 15 minutes
 local MAX_NOTIFY_WINDOW_MS = 30 * 86400000
@@ -107,6 +119,14 @@ end
 local function valid_id(s)
   return type(s) == 'string' and #s >= 1 and #s <= MAX_ID
     and s:match('^[\33-\126]+$') ~= nil
+end
+
+-- The optional actor: nil (none), the actor, or (false, error reply).
+-- Printable ASCII without ':' (it may become part of a key name) or space.
+local function parse_actor(s)
+  if s == nil or s == '' then return nil end
+  if type(s) == 'string' and #s <= MAX_ACTOR and s:match('^[\33-\57\59-\126]+$') then return s end
+  return false, bad('actor must be 1-' .. MAX_ACTOR .. " printable ASCII chars without ':' or space")
 end
 
 -- Checks the resource keys against the resource id, so a caller can never
@@ -177,7 +197,8 @@ local function opt(n)
   return fmt(n)
 end
 
--- Appends one event; fields with an empty value are left out.
+-- Appends one event; fields with an empty value are left out. Every event
+-- says who asked (K.actor, set by the entry point) and which release decided.
 local function emit(K, ev)
   local args = {'XADD', K.events, '*'}
   for i = 1, #ev, 2 do
@@ -187,6 +208,12 @@ local function emit(K, ev)
       args[#args + 1] = tostring(v)
     end
   end
+  if K.actor then
+    args[#args + 1] = 'actor'
+    args[#args + 1] = K.actor
+  end
+  args[#args + 1] = 'lib'
+  args[#args + 1] = LIBRARY_VERSION
   return redis.call(unpack(args))
 end
 
@@ -452,7 +479,7 @@ end
   ARGV[6] waitlist_enabled 0|1
   ARGV[7] max_per_request '' or 1..1e9
   ARGV[8] max_per_client  '' or 1..1e9 (total confirmed per client)
-  ARGV[9] actor           optional; '' (the actor convention, not recorded yet)
+  ARGV[9] actor           optional: who asked (see the top of this file)
   ARGV[10] notify_window_ms optional; '' or absent = 900000 (15 min), else 1..30 days in ms:
                           how long a waiting-list notification stays outstanding
   Returns: type RESOURCE_CREATED, decision CONFIRMED, version 1, remaining, and
@@ -466,7 +493,9 @@ local function create(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args < 8 or #args > 10 then return bad('expected 8 to 10 arguments, got ' .. #args) end
-  if args[9] and args[9] ~= '' then return bad('actor is not recorded by this library version: pass an empty one') end
+  local actor, aerr = parse_actor(args[9])
+  if aerr then return aerr end
+  K.actor = actor
   local r = {state = 'OPEN'}
   local fields = {'type', 'capacity', 'opens_at', 'closes_at', 'waitlist_enabled',
                   'max_per_request', 'max_per_client'}
@@ -504,17 +533,20 @@ end
   KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] expected_version  the version the caller read; a stale one is refused
-  ARGV[3..] field, value pairs, at least one; fields: type, capacity, state
+  ARGV[3..] field, value pairs, at least one rule; fields: type, capacity, state
           (OPEN|CLOSED), opens_at, closes_at, waitlist_enabled, max_per_request,
           max_per_client ('' clears an optional rule), notify_window_ms ('' = the
-          default; applies to notifications sent from then on)
+          default; applies to notifications sent from then on); and, at most
+          once, the pair `actor <id>`: who asked (not a rule, not versioned;
+          see the top of this file)
   Returns: type RULES_CHANGED, decision CONFIRMED, the new version and rules;
   or RULES_REJECTED, REJECTED, INVALID_STATE with reason UNKNOWN_RESOURCE,
   VERSION_MISMATCH or CAPACITY_BELOW_RESERVED, plus expected_version and
-  requested (the field/value pairs asked for, as a JSON array) (capacity may never go below what
-  is reserved). After a change, waiting entries that fit in what is really
-  free are notified (WAITLIST_NOTIFIED events): capacity raised, reopened,
-  waiting list switched on. Lapsed notifications expire first (any outcome).
+  requested (the rule field/value pairs asked for, as a JSON array; the actor
+  is its own field) (capacity may never go below what is reserved). After a
+  change, waiting entries that fit in what is really free are notified
+  (WAITLIST_NOTIFIED events): capacity raised, reopened, waiting list
+  switched on. Lapsed notifications expire first (any outcome).
 ]]
 local function configure(keys, args)
   local rid = args[1]
@@ -524,16 +556,27 @@ local function configure(keys, args)
   if not expected then return bad('expected_version must be an integer') end
   if #args < 4 or #args % 2 ~= 0 then return bad('expected field/value pairs after the version') end
   local changes = {}
+  local requested = {}
+  local actor_given = false
   for i = 3, #args, 2 do
     local f = args[i]
-    local v, e = parse_rule(f, args[i + 1])
-    if e then return e end
-    changes[f] = v
+    if f == 'actor' then
+      if actor_given then return bad('actor given twice') end
+      actor_given = true
+      local actor, aerr = parse_actor(args[i + 1])
+      if aerr then return aerr end
+      K.actor = actor
+    else
+      local v, e = parse_rule(f, args[i + 1])
+      if e then return e end
+      changes[f] = v
+      requested[#requested + 1] = f
+      requested[#requested + 1] = args[i + 1]
+    end
   end
+  if #requested == 0 then return bad('expected at least one rule field/value pair') end
   local now = server_now()
   local r = load_resource(K)
-  local requested = {}
-  for i = 3, #args do requested[#requested + 1] = args[i] end
   local function reject(reason, cur)
     -- the request itself is logged (as JSON: '' clears a rule), so a replay
     -- re-issues exactly what was refused
@@ -580,11 +623,14 @@ end
   KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] expected_version
+  ARGV[3] actor  optional: who asked (see the top of this file)
 ]]
 local function set_state(state)
   return function(keys, args)
-    if #args ~= 2 then return bad('expected 2 arguments: resource_id, expected_version') end
-    return configure(keys, {args[1], args[2], 'state', state})
+    if #args ~= 2 and #args ~= 3 then
+      return bad('expected 2 or 3 arguments: resource_id, expected_version[, actor]')
+    end
+    return configure(keys, {args[1], args[2], 'state', state, 'actor', args[3] or ''})
   end
 end
 
@@ -597,7 +643,8 @@ end
   ARGV[2] client_id       1-128 printable ASCII chars
   ARGV[3] quantity        integer 1..1e9
   ARGV[4] request_id      1-128 printable ASCII chars, unique per attempt
-  ARGV[5] idempotency ttl in ms (optional, default 86400000)
+  ARGV[5] idempotency ttl in ms (optional; '' or absent: 86400000)
+  ARGV[6] actor           optional: who asked (see the top of this file)
   Checks, in order: idempotency (a retry with the same inputs returns the
   original reply with replayed=1 and changes nothing but a RESERVATION_REPLAYED
   event; different inputs -> INVALID_STATE/REQUEST_ID_REUSED), resource exists
@@ -620,7 +667,7 @@ local function reserve(keys, args)
   local rid, client, qty_s, request_id = args[1], args[2], args[3], args[4]
   local K, err = write_keys(keys, rid, 10, 8)
   if not K then return err end
-  if #args ~= 4 and #args ~= 5 then return bad('expected 4 or 5 arguments, got ' .. #args) end
+  if #args < 4 or #args > 6 then return bad('expected 4 to 6 arguments, got ' .. #args) end
   if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
@@ -629,10 +676,13 @@ local function reserve(keys, args)
     return bad('KEYS[7] must be ' .. K.prefix .. 'req:' .. rid .. ':' .. request_id)
   end
   local ttl = DEFAULT_IDEMPOTENCY_TTL_MS
-  if args[5] then
+  if args[5] and args[5] ~= '' then
     ttl = int_in(args[5], 1, 365 * 86400000)
     if not ttl then return bad('idempotency ttl must be an integer number of ms') end
   end
+  local actor, aerr = parse_actor(args[6])
+  if aerr then return aerr end
+  K.actor = actor
   local now = server_now()
   local fingerprint = client .. '|' .. fmt(qty)
 
@@ -747,6 +797,7 @@ end
   KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] reservation_id  as returned by resv_reserve (<resource_id>~<n>)
+  ARGV[3] actor           optional: who asked (see the top of this file)
   Returns: type RESERVATION_CANCELLED (decision CONFIRMED) with the reservation
   fields, or CANCEL_REPLAYED with the original cancellation when it was already
   cancelled, or CANCEL_REJECTED (REJECTED, INVALID_STATE, UNKNOWN_RESERVATION).
@@ -759,8 +810,11 @@ local function cancel(keys, args)
   local rid, reservation_id = args[1], args[2]
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
-  if #args ~= 2 then return bad('expected 2 arguments: resource_id, reservation_id') end
+  if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, reservation_id[, actor]') end
   if not valid_id(reservation_id) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  local actor, aerr = parse_actor(args[3])
+  if aerr then return aerr end
+  K.actor = actor
   local now = server_now()
   local r = load_resource(K)
   local raw = redis.call('HGET', K.bk, reservation_id)
@@ -825,6 +879,7 @@ end
   ARGV[1] resource_id
   ARGV[2] client_id
   ARGV[3] quantity  integer 1..1e9, what the client wants when notified
+  ARGV[4] actor     optional: who asked (see the top of this file)
   Returns: type WAITLIST_JOINED (decision CONFIRMED, created 1) with the entry
   fields (entry_id, status WAITING, position 1-based); WAITLIST_JOIN_REPLAYED
   (created 0) with the client's existing WAITING or NOTIFIED entry; or
@@ -839,10 +894,13 @@ local function wl_join(keys, args)
   local rid, client, qty_s = args[1], args[2], args[3]
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
-  if #args ~= 3 then return bad('expected 3 arguments: resource_id, client_id, quantity') end
+  if #args ~= 3 and #args ~= 4 then return bad('expected 3 or 4 arguments: resource_id, client_id, quantity[, actor]') end
   if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
+  local actor, aerr = parse_actor(args[4])
+  if aerr then return aerr end
+  K.actor = actor
   local now = server_now()
   local r = load_resource(K)
   -- writes start here
@@ -909,6 +967,7 @@ end
   KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
   ARGV[2] entry_id  as returned by resv_wl_join (<resource_id>~w<n>)
+  ARGV[3] actor     optional: who asked (see the top of this file)
   Returns: type WAITLIST_LEFT (decision CONFIRMED) with the entry fields,
   status LEFT; WAITLIST_LEAVE_REPLAYED when it had already left; or
   WAITLIST_LEAVE_REJECTED (INVALID_STATE) with reason UNKNOWN_ENTRY,
@@ -920,8 +979,11 @@ local function wl_leave(keys, args)
   local rid, entry_id = args[1], args[2]
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
-  if #args ~= 2 then return bad('expected 2 arguments: resource_id, entry_id') end
+  if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, entry_id[, actor]') end
   if not valid_id(entry_id) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  local actor, aerr = parse_actor(args[3])
+  if aerr then return aerr end
+  K.actor = actor
   local now = server_now()
   local r = load_resource(K)
   -- writes start here
@@ -968,6 +1030,7 @@ end
   (resv:{pN}:notified) shows as due, so expiry does not wait for traffic.
   KEYS[1..6]  the resource keys;  KEYS[7..9]  the waiting-list keys
   ARGV[1] resource_id
+  ARGV[2] actor  optional: who asked (see the top of this file)
   Returns: type WAITLIST_SWEPT, decision CONFIRMED, reason SWEPT,
   resource_id, ts, version, remaining, expired (count), and in the reply
   only notified (count), followed in the stream by the WAITLIST_EXPIRED and WAITLIST_NOTIFIED
@@ -980,7 +1043,10 @@ local function wl_sweep(keys, args)
   local rid = args[1]
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
-  if #args ~= 1 then return bad('expected 1 argument: resource_id') end
+  if #args ~= 1 and #args ~= 2 then return bad('expected 1 or 2 arguments: resource_id[, actor]') end
+  local actor, aerr = parse_actor(args[2])
+  if aerr then return aerr end
+  K.actor = actor
   local now = server_now()
   local r = load_resource(K)
   -- writes start here

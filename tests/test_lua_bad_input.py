@@ -83,7 +83,6 @@ CASES = [
     ("resv_create", KW, ["r1", "t", "1", "", "", "1", "", "", "", "-5"], "notify_window_ms"),
     ("resv_create", KW, ["r1", "t", "1", "", "", "1", "", "", "", "2592000001"], "notify_window_ms"),
     ("resv_create", KW, ["r1", "t", "1", "", "", "1", "", "", "", "1.5"], "notify_window_ms"),
-    ("resv_create", KW, ["r1", "t", "1", "", "", "1", "", "", "ops", ""], "actor"),
     ("resv_create", KW, ["r1", "t", "1", "", "", "1", "", "", "", "", "x"], "arguments"),
     ("resv_configure", KW, ["r1", "1", "notify_window_ms", "0"], "notify_window_ms"),
     ("resv_configure", KW, ["r1", "1", "notify_window_ms", "soon"], "notify_window_ms"),
@@ -91,10 +90,25 @@ CASES = [
     # the sweep
     ("resv_wl_sweep", K, ["r1"], "keys"),
     ("resv_wl_sweep", KW, [], "resource_id"),
-    ("resv_wl_sweep", KW, ["r1", "extra"], "argument"),
+    ("resv_wl_sweep", KW, ["r1", "a:b"], "actor"),
+    ("resv_wl_sweep", KW, ["r1", "ops", "more"], "argument"),
     ("resv_wl_sweep", KW, ["r1~w1"], "resource_id"),
     ("resv_wl_sweep", rkeys("r2") + W, ["r1"], "KEYS[1]"),
     ("resv_wl_sweep", K + wkeys("r2"), ["r1"], "KEYS[7]"),
+    # the optional actor (trailing ARGV; a pair in resv_configure)
+    ("resv_create", KW, ["r1", "t", "1", "", "", "0", "", "", "a:b"], "actor"),
+    ("resv_create", KW, ["r1", "t", "1", "", "", "0", "", "", "ops", "", "more"], "arguments"),
+    ("resv_configure", KW, ["r1", "1", "capacity", "3", "actor", "a b"], "actor"),
+    ("resv_configure", KW, ["r1", "1", "actor", "ops", "capacity", "3", "actor", "ops"], "actor given twice"),
+    ("resv_configure", KW, ["r1", "1", "actor", "ops"], "at least one rule"),
+    ("resv_open", KW, ["r1", "1", "x" * 65], "actor"),
+    ("resv_close", KW, ["r1", "1", "ops", "more"], "arguments"),
+    ("resv_reserve", K + [GOOD_REQ] + W, ["r1", "al", "1", "q", "", "client:1"], "actor"),
+    ("resv_reserve", K + [GOOD_REQ] + W, ["r1", "al", "1", "q", "", "a\x00b"], "actor"),
+    ("resv_reserve", K + [GOOD_REQ] + W, ["r1", "al", "1", "q", "", "ops", "more"], "arguments"),
+    ("resv_cancel", KW, ["r1", "r1~1", "\xe9"], "actor"),
+    ("resv_wl_join", KW, ["r1", "al", "1", "a b"], "actor"),
+    ("resv_wl_leave", KW, ["r1", "r1~w1", ":"], "actor"),
 ]
 
 

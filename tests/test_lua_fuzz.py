@@ -17,13 +17,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resv.engine import keys
-from resv.engine.library import library_source
+from resv.engine.library import library_source, library_version
 from tests.report import record
 from tests.support import PARTITIONS, WRITES, create, rkeys, snapshot, wkeys
 
 FUNCTIONS = ["resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
              "resv_wl_join", "resv_wl_leave", "resv_wl_sweep", "resv_resource", "resv_reservation", "resv_wl_position"]
 RIDS = ["f1", "f2"]
+LIBRARY_VERSION = str(library_version())
+STREAMS = sorted({rkeys(rid)[5] for rid in RIDS})
 
 hostile = st.one_of(
     st.sampled_from(["", "0", "-1", "1", "2", "3", "nan", "NaN", "inf", "-inf", "1e309", "0x10", " 1",
@@ -45,6 +47,40 @@ def valid_keys(rid: str, fn: str, args: list) -> list[str]:
 
 
 small = st.integers(-1, 4).map(str)
+# who asked: none, valid ones, and ones the Lua must refuse (':' or space, too long, not ASCII)
+actors = st.sampled_from([None, "", "client#1", "ops", "x" * 64] * 4 + ["x" * 65, "a:b", "a b", "\xe9", "\x00"])
+
+
+def with_actor(fn: str, args: list, actor: str | None) -> list:
+    """The call with its optional actor where the contract puts it."""
+    if actor is None:
+        return args
+    if fn == "resv_configure":
+        return args + ["actor", actor]
+    if fn == "resv_reserve":
+        return args + ["", actor]  # ARGV[5] '' = the default ttl
+    return args + [actor]
+
+
+def actor_in(fn: str, args: list) -> str | None:
+    """The actor a call carries, read back by the contract (hostile calls
+    carry one too)."""
+    if fn == "resv_configure":
+        given = [args[i + 1] for i in range(2, len(args) - 1, 2) if args[i] == "actor"]
+        actor = given[0] if given else None
+    else:
+        at = {"resv_create": 8, "resv_open": 2, "resv_close": 2, "resv_reserve": 5, "resv_cancel": 2,
+              "resv_wl_join": 3, "resv_wl_leave": 2, "resv_wl_sweep": 1}[fn]
+        actor = args[at] if len(args) > at else None
+    if isinstance(actor, bytes):
+        actor = actor.decode("utf-8", "replace")
+    return actor or None
+
+
+def after(before: dict, key: str) -> str:
+    """XRANGE start past the stream's last entry in the snapshot."""
+    entries = before.get(key, ("stream", []))[1]
+    return f"({entries[-1][0]}" if entries else "-"
 client = st.sampled_from(["al", "bo", "cy"])
 ids = st.sampled_from(["f1~1", "f1~2", "f1~3", "f2~1", "f1~w1", "f1~w2", "f1~w4", "f2~w2", "nope"])
 PLAUSIBLE = {
@@ -70,8 +106,12 @@ PLAUSIBLE = {
 def calls(draw):
     fn = draw(st.sampled_from(FUNCTIONS))
     rid = draw(st.sampled_from(RIDS * 4 + ["", "ghost", "f1 "]))
+    actor = None
     if draw(st.booleans()):
         args = [rid] + list(draw(PLAUSIBLE[fn]))
+        if fn in WRITES:
+            actor = draw(actors)
+            args = with_actor(fn, args, actor)
     else:
         args = [rid] + draw(st.lists(hostile, max_size=9))
     mode = draw(st.sampled_from(["valid"] * 12 + ["other_slot", "short", "extra", "swapped"]))
@@ -86,7 +126,7 @@ def calls(draw):
         ks = ks + ["resv:{p0}:junk"]
     elif mode == "swapped":
         ks[0], ks[1] = ks[1], ks[0]
-    return fn, ks, args
+    return fn, ks, args, actor
 
 
 def check_invariants(r: redis.Redis) -> None:
@@ -121,13 +161,13 @@ def test_fuzz_lua_entry_points(fuzz_redis):
     r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     create(r, "f1", 3, waitlist=True, max_per_client="2")
     create(r, "f2", 1)
-    counts = {"error": 0, "decision": 0}
+    counts = {"error": 0, "decision": 0, "with actor": 0}
 
     @settings(max_examples=2000, deadline=None, database=None,
               suppress_health_check=list(HealthCheck))
     @given(calls())
     def one_call(call):
-        fn, ks, args = call
+        fn, ks, args, actor = call
         before = snapshot(r)
         try:
             reply = r.execute_command("FCALL", fn, len(ks), *ks, *args)
@@ -144,10 +184,19 @@ def test_fuzz_lua_entry_points(fuzz_redis):
             if d["decision"] == "REJECTED":
                 assert d["code"] in ("RESOURCE_FULL", "RESOURCE_CLOSED", "INVALID_STATE")
             counts["decision"] += 1
+            assert "actor" not in d  # who asked is logged, never answered
+            # every event the call emitted says who asked and which release decided
+            emitted = [fields for key in STREAMS for _, fields in r.xrange(key, after(before, key))]
+            assert emitted
+            for fields in emitted:
+                assert fields.get("actor") == actor_in(fn, args), (args, fields)
+                assert fields["lib"] == LIBRARY_VERSION
+            if actor:
+                counts["with actor"] += 1
         check_invariants(r)
 
     one_call()
     record("lua: hostile FCALLs on every entry point", fuzz_cases=counts["error"] + counts["decision"],
            decisions=counts["decision"], overbooked=0)
     # the fuzzer must exercise both sides, or it proves little
-    assert counts["error"] > 500 and counts["decision"] > 100, counts
+    assert counts["error"] > 500 and counts["decision"] > 100 and counts["with actor"] > 20, counts

@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 import redis
 
-from resv.engine.library import library_source
+from resv.engine.library import library_source, library_version
 
 README = Path(__file__).resolve().parent.parent / "lua" / "README.md"
 
@@ -42,7 +42,11 @@ def test_readme_example_runs(redis_url, tmp_path):
     assert r.hget(k, "capacity") == "10" and r.hget(k, "version") == "4" and r.hget(k, "state") == "OPEN"
     assert r.hget(k, "reserved") == "0" and r.hget(k, "notify_window_ms") == "30000"
     assert r.hget(k, "notified") == "0" and r.zcard("resv:{p8}:notified") == 0
-    types = [f["type"] for _, f in r.xrange("resv:{p8}:events")]
+    events = [f for _, f in r.xrange("resv:{p8}:events")]
+    types = [f["type"] for f in events]
+    # who asked: given on create, configure and close, absent elsewhere
+    assert [f.get("actor") for f in events] == ["ops-alice"] + [None] * 6 + ["ops-alice", "ops-alice", None]
+    assert {f["lib"] for f in events} == {str(library_version())}
     assert types == [
         "RESOURCE_CREATED", "RESERVATION_CONFIRMED", "RESERVATION_REPLAYED", "WAITLIST_JOINED",
         "RESERVATION_CANCELLED", "WAITLIST_NOTIFIED", "WAITLIST_LEFT", "RULES_CHANGED",

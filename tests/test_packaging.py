@@ -70,7 +70,8 @@ def test_wheel_contains_lua_and_migrations(tmp_path: Path) -> None:
     )
     (wheel,) = (tmp_path / "dist").glob("resv-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"resv/lua/__init__.py", "resv/lua/resv.lua", "resv/archiver/migrations/9999_probe.sql",
+    assert {"resv/lua/__init__.py", "resv/lua/resv.lua", "resv/lua/releases/resv_1.lua",
+            "resv/archiver/migrations/9999_probe.sql",
             "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py"} <= names
     # One top-level import package: nothing else that an application's own
     # `api` or `engine` module could shadow or be shadowed by.

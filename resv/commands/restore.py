@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 from resv.archiver.db import open_pool
 from resv.archiver.restore import RestoreError, RestoreReport, restore
 from resv.archiver.settings import ArchiverSettings
+from resv.engine import LibraryVersionError
 from resv.engine.settings import Settings
 from resv.scratch import scratch_server
 
@@ -30,7 +31,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = asyncio.run(_run(redis_url, database_url, settings))
-    except RestoreError as exc:
+    except (RestoreError, LibraryVersionError) as exc:
         print(f"resv restore: {exc}", file=sys.stderr)
         return 2
     for m in report.mismatches[:50]:

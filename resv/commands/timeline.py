@@ -66,7 +66,7 @@ async def _print(args: argparse.Namespace, redis_url: str, database_url: str | N
 def format_line(e: TimelineEvent) -> str:
     parts = [e.stream_id, e.server_time or "-", e.type or "-", e.decision or "-"]
     for name in ("code", "reason", "client_id", "quantity", "request_id", "reservation_id",
-                 "entry_id", "version", "remaining"):
+                 "entry_id", "version", "remaining", "actor"):
         value = getattr(e, name)
         if value not in (None, ""):
             parts.append(f"{name}={value}")
