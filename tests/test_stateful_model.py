@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from resv.engine.library import library_source
-from tests.support import create, events, fcall, reserve
+from tests.support import create, events, fcall, own, reserve
 
 RESOURCES = ["a", "b"]
 CLIENTS = ["al", "bo", "cy", "di"]
@@ -46,7 +46,7 @@ class Model(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.r = redis.Redis.from_url(self.url, decode_responses=True)
-        self.r.flushall()
+        own(self.r).flushall()
         self.r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
         self.res: dict[str, Res] = {}
         self.requests: dict[tuple, tuple] = {}
