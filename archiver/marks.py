@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from psycopg import AsyncConnection
+from psycopg.errors import UndefinedTable
 from psycopg_pool import AsyncConnectionPool
 
 from resv.engine import AuditMark
@@ -26,9 +27,21 @@ WHERE (excluded.ms, excluded.seq) > (m.ms, m.seq)
 
 
 async def read_marks(pool: AsyncConnectionPool) -> dict[int, AuditMark]:
+    """The marks; for a database not migrated to them yet, the highest
+    archived ids of `events` (deployment unknown); none without `events`."""
     async with pool.connection() as conn:
-        cur = await conn.execute("SELECT partition, stream_id, deployment_id FROM archived_marks")
-        return {p: AuditMark(sid, dep) for p, sid, dep in await cur.fetchall()}
+        try:
+            cur = await conn.execute("SELECT partition, stream_id, deployment_id FROM archived_marks")
+            return {p: AuditMark(sid, dep) for p, sid, dep in await cur.fetchall()}
+        except UndefinedTable:
+            await conn.rollback()
+        try:
+            cur = await conn.execute("SELECT DISTINCT ON (partition) partition, stream_id FROM events "
+                                     "ORDER BY partition, ms DESC, seq DESC")
+            return {p: AuditMark(sid, None) for p, sid in await cur.fetchall()}
+        except UndefinedTable:
+            await conn.rollback()
+            return {}
 
 
 async def record_marks(conn: AsyncConnection, rows: list[tuple[Any, ...]], deployment_id: str | None) -> None:

@@ -134,6 +134,7 @@ class Engine:
         """The last state check's result (check_guard)."""
         self._checked_run_id: str | None = None  # the server check_guard last looked at
         self._server_changed = asyncio.Event()
+        self._checked = asyncio.Event()  # set, then replaced, by each completed check
         self.redis = _client(url, settings, settings.retries, settings.max_connections, self._on_connect)
         # Definition changes are not idempotent (a retried create would report
         # ALREADY_EXISTS): they go through a client that never retries.
@@ -202,6 +203,8 @@ class Engine:
             log.info("engine: deployment %s recorded in %d partitions", state.deployment_id, len(state.written))
         self.state, self.refusal = state, refusal
         self._checked_run_id = run_id
+        done, self._checked = self._checked, asyncio.Event()
+        done.set()
         return refusal
 
     async def guard_forever(self, audit: AuditMarks | None,
@@ -225,7 +228,7 @@ class Engine:
                 log.error("engine: refusing all calls: %s", exc)
             except Exception as exc:
                 log.warning("engine: guard check failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(min(1.0, interval))
+                await asyncio.sleep(min(0.2, interval))
                 self._server_changed.set()
             if on_check is not None:
                 on_check(self)
@@ -244,16 +247,24 @@ class Engine:
             raise translate(exc) from exc
         check_partitions(records, self.settings.partitions)
 
-    def _admit_server(self, info: Any) -> None:
+    async def _admit_server(self, info: Any) -> None:
         """Raises unless a connection whose server's INFO is `info` may carry
-        calls: the server is the one the guard checked, and the state is not
-        behind. No guard (check_guard never ran): every server is admitted."""
+        calls: the server is the one the guard checked (a server it has not
+        checked is checked now; the connection waits for that, up to
+        RESV_REDIS_TIMEOUT_S), and the state is not behind. No guard
+        (check_guard never ran): every server is admitted."""
         if self._checked_run_id is None:
             return
         found = _RUN_ID.search(info.decode() if isinstance(info, bytes) else str(info))
-        if found is None or found.group(1) != self._checked_run_id:
+        run_id = found.group(1) if found else None
+        if run_id != self._checked_run_id:
             self._server_changed.set()
-            raise RedisConnectionError("a Redis server the guard has not checked yet; checking it")
+            try:
+                async with asyncio.timeout(self.settings.socket_timeout):
+                    while run_id != self._checked_run_id:
+                        await self._checked.wait()
+            except TimeoutError:
+                raise RedisConnectionError("a Redis server the guard has not checked yet; checking it") from None
         if self.refusal is not None and self.refusal.reads:
             # calls that passed `_refuse` before the check refused them (they
             # waited for this connection) must not reach the server either
@@ -270,7 +281,7 @@ class Engine:
         if self._checked_run_id is None:
             return  # no guard (tools, tests driving the engine directly)
         await conn.send_command("INFO", "server")
-        self._admit_server(await conn.read_response())
+        await self._admit_server(await conn.read_response())
 
     def _refuse(self, function: str) -> None:
         refusal = self.refusal

@@ -55,7 +55,7 @@ class Pipeliner:
         timeout: float = 1.0,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
-        admit: Callable[[Any], None] | None = None,
+        admit: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
         self._admit = admit
@@ -160,7 +160,8 @@ class Pipeliner:
         try:
             lane.send([(command, pack_command(command), reply)])
             async with asyncio.timeout(self._timeout):
-                self._admit(await reply)  # type: ignore[misc]
+                info = await reply
+            await self._admit(info)  # type: ignore[misc]
         except BaseException:
             lane.close()
             raise
