@@ -94,21 +94,29 @@ def pg_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def redis_url(redis_server: Any) -> str:
+def redis_url(redis_server: Any) -> Iterator[str]:
     """URL of the session server, emptied of keys first.
 
     The suite's own server is flushed (FLUSHALL, not FUNCTION FLUSH: the
     loaded library stays, so tests do not pay for reloading it). On a
     RESV_TEST_REDIS_URL server, which held no key when the run started, the
-    keys are deleted one by one instead: all of them are the tests'.
+    keys are deleted one by one instead, before and after each test: all of
+    them are the tests'.
     """
-    client = redis.Redis.from_url(redis_server.url)
+    own = redis_server.url in OWN_SERVERS
+    _empty(redis_server.url, own)
+    yield redis_server.url
+    if not own:
+        _empty(redis_server.url, own)
+
+
+def _empty(url: str, own: bool) -> None:
+    client = redis.Redis.from_url(url)
     try:
-        if redis_server.url in OWN_SERVERS:
+        if own:
             client.flushall()
         else:
             for key in client.scan_iter(count=1000):
                 client.unlink(key)
     finally:
         client.close()
-    return redis_server.url
