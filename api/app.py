@@ -11,6 +11,8 @@ the rate limiter when RESV_RATE_LIMIT is set.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +35,7 @@ from resv.api.services import Services
 from resv.api.settings import ApiSettings
 from resv.api.waitlist import WaitlistController
 from resv.archiver.reads import AuditReader
-from resv.engine import DurabilityError, Engine, EngineError, EngineUnavailable
+from resv.engine import AuditMarks, DurabilityError, Engine, EngineError, EngineUnavailable
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -145,21 +147,30 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
     async def run(app: Litestar) -> AsyncIterator[None]:
         owned = engine if engine is not None else Engine(settings.engine)
         audit = None
+        guard = None
         try:
+            # The audit's read side (/ops, /ready's lag, the guard's audit
+            # marks): its own Redis client and, with DATABASE_URL, a pool
+            # opened without waiting (the API commits without PostgreSQL).
+            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings.partitions)
+            marks = audit.marks if audit.has_audit else None
             try:
-                await prepare(owned)  # DurabilityError stops the start-up
+                await prepare(owned, marks)  # DurabilityError, PartitionsMismatch stop the start-up
             except EngineUnavailable as exc:
                 # `resv serve` checked Redis before starting; if it went away
-                # since, serve anyway: requests answer 503 until it is back,
-                # and the engine loads the library on its first call then.
+                # since, serve anyway: requests answer 503 until it is back
+                # and checked, and the engine loads the library then.
                 log.warning("Redis unavailable at start-up", extra={"resv": {"error": str(exc)}})
-            # The audit's read side (/ops, /ready's lag): its own Redis client
-            # and, with DATABASE_URL, a pool opened without waiting (the API
-            # commits without PostgreSQL).
-            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings.partitions)
+                owned.refuse_until_checked()
+            metrics.guard_checked(owned)
+            guard = asyncio.create_task(owned.guard_forever(marks, on_check=metrics.guard_checked))
             app.state.services = Services(settings, owned, audit)
             yield
         finally:
+            if guard is not None:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
             if audit is not None:
                 await audit.aclose()
             await owned.aclose()
@@ -167,13 +178,15 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
     return run
 
 
-async def prepare(engine: Engine) -> None:
-    """Loads the Lua library and checks the durability profile
-    (RESV_DURABILITY, docs/guarantees.md). Raises DurabilityError when the
-    strict profile cannot be kept (or the server's persistence settings
-    cannot be read, e.g. CONFIG disabled), EngineUnavailable when Redis
-    cannot be reached."""
-    await engine.start()
+async def prepare(engine: Engine, audit: AuditMarks | None, *, guard: bool = True) -> None:
+    """Checks the durability profile (RESV_DURABILITY, docs/guarantees.md)
+    before anything is written to the server, then loads the Lua library and
+    checks the engine state against the audit (the state-loss guard; audit:
+    None without DATABASE_URL). Raises DurabilityError when the strict
+    profile cannot be kept (or the server's persistence settings cannot be
+    read, e.g. CONFIG disabled), PartitionsMismatch when RESV_PARTITIONS is
+    not the deployment's, EngineUnavailable when Redis cannot be reached.
+    guard=False: the partition count only (nothing written but the library)."""
     try:
         await engine.check_durability()
     except (DurabilityError, EngineUnavailable):
@@ -185,6 +198,10 @@ async def prepare(engine: Engine) -> None:
                 "start with RESV_DURABILITY=relaxed to accept the loss window (docs/guarantees.md)."
             ) from exc
         log.warning("cannot read the server's persistence settings", extra={"resv": {"error": str(exc)}})
+    await engine.check_partitions()
+    await engine.start()
+    if guard:
+        await engine.check_guard(audit)
 
 
 def _version() -> str:

@@ -32,7 +32,7 @@ from litestar.types import ASGIApp, Receive, Scope, Send
 
 from resv.api import metrics, oplog
 from resv.api.schemas import ErrorBody, ErrorCode
-from resv.engine.errors import BadArgument, EngineUnavailable
+from resv.engine.errors import BadArgument, EngineRefused, EngineUnavailable
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -94,6 +94,8 @@ def resolve(exc: BaseException, scope: Scope | None = None) -> Failure:
             return _internal(exc, scope)
         detail = safe_detail(exc.detail) if status == 400 else None
         return Failure(status, ErrorBody(error=error, detail=detail), _passed_headers(exc))
+    if isinstance(exc, EngineRefused):  # the guard: /ready and the operator log say why
+        return Failure(503, ErrorBody(error="UNAVAILABLE"), {"Retry-After": RETRY_AFTER_UNAVAILABLE})
     if isinstance(exc, (EngineUnavailable, TimeoutError)):
         metrics.REDIS_ERRORS.inc()
         log.warning("engine unavailable", extra={"resv": {

@@ -2,9 +2,12 @@
 
 Readiness checks, each within a short timeout: Redis answers PING; the Lua
 library is loaded (FCALL_RO resv_version; a missing library is loaded again,
-as the engine would on its next call); PostgreSQL, only when DATABASE_URL is
+as the engine would on its next call); the engine state is not behind the
+audit and the server keeps the durability profile's settings (the guard's
+last check, engine.Engine.check_guard); PostgreSQL, only when DATABASE_URL is
 set, accepts a connection and `SELECT 1`. The body names each check `up`,
-`down` or `not_configured`, never why.
+`down` or `not_configured`; `problems` says, for operators (the route needs
+an operator key), why the engine refuses calls, never a driver's message.
 """
 
 from __future__ import annotations
@@ -62,11 +65,15 @@ class HealthController(Controller):
         svc = services(request)
         checks = {"redis": await _check("redis", svc.engine.ping())}
         checks["library"] = await _check("library", svc.engine.library_ready()) if checks["redis"] == "up" else "down"
+        refusal = svc.engine.refusal  # the guard's last check (engine.Engine.check_guard)
+        checks["state"] = "down" if refusal is not None and refusal.state else "up"
+        checks["durability"] = "down" if refusal is not None and refusal.durability else "up"
         url = svc.settings.database_url
         checks["postgres"] = await _check("postgres", postgres_up(url)) if url else "not_configured"
         lag = await _archiver_lag(svc.audit) if checks["redis"] == "up" else None
         if "down" in checks.values():
             return decisions.json(Readiness(status="unavailable", checks=checks, archiver_lag=lag,  # type: ignore[return-value,arg-type]
+                                            problems=list(refusal.problems) if refusal else None,
                                             error="UNAVAILABLE"), 503)
         return decisions.json(Readiness(status="ready", checks=checks, archiver_lag=lag), 200)  # type: ignore[return-value,arg-type]
 

@@ -18,7 +18,7 @@ from typing import Any
 from litestar import Response, get
 from litestar.enums import MediaType
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from resv.api import docs
 from resv.api.auth import operator_only
@@ -47,6 +47,26 @@ INTERNAL_ERRORS = Counter(
     "resv_internal_errors_total",
     "Requests that failed with an unexpected error (500).",
 )
+
+
+STATE_BEHIND = Gauge(
+    "resv_engine_state_behind_audit",
+    "1 while the engine state is behind the audit (or not yet checked): every engine call answers 503; "
+    "run `resv restore`.",
+    multiprocess_mode="max",
+)
+DURABILITY_UNSAFE = Gauge(
+    "resv_durability_unsafe",
+    "1 while the server lacks a setting the strict profile requires: writes answer 503.",
+    multiprocess_mode="max",
+)
+
+
+def guard_checked(engine: Any) -> None:
+    """After each guard check (engine.Engine.guard_forever)."""
+    refusal = engine.refusal
+    STATE_BEHIND.set(1 if refusal is not None and refusal.state else 0)
+    DURABILITY_UNSAFE.set(1 if refusal is not None and refusal.durability else 0)
 
 
 _DECISION_CHILDREN: dict[tuple[str, str, str | None], Any] = {}

@@ -293,9 +293,15 @@ class ArchiverLag(_Out, kw_only=True):
 class Readiness(_Out, kw_only=True, omit_defaults=True):
     status: Literal["ready", "unavailable"]
     checks: dict[str, Literal["up", "down", "not_configured"]]
-    """redis (PING), library (the Lua functions loaded), postgres (only
-    when DATABASE_URL is set)."""
+    """redis (PING), library (the Lua functions loaded), state (the engine
+    state is not behind the audit), durability (the server keeps the
+    RESV_DURABILITY profile's settings), postgres (only when DATABASE_URL is
+    set)."""
     archiver_lag: ArchiverLag | None = None
     """How far the audit is behind, over all partitions (when Redis is up).
     Reported, not judged: a lagging audit does not make the API unready."""
+    problems: list[str] | None = None
+    """Why the engine refuses calls, in words for operators (e.g. "engine
+    state is behind the audit: run `resv restore`", or the strict-profile
+    setting the server lost); absent when it does not."""
     error: Literal["UNAVAILABLE"] | None = None

@@ -20,7 +20,7 @@ import tempfile
 
 from resv.api import oplog
 from resv.api.settings import ApiSettings
-from resv.engine import DurabilityError, Engine, EngineUnavailable, LibraryVersionError
+from resv.engine import DurabilityError, Engine, EngineUnavailable, LibraryVersionError, PartitionsMismatch
 
 APP_FACTORY = "resv.api.app:app_from_env"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -82,16 +82,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def check_redis(settings: ApiSettings) -> str | None:
-    """Before any worker starts: the library loads and the server keeps the
-    durability profile's promise (RESV_DURABILITY, docs/guarantees.md). Under
-    the strict profile an unreachable server is refused too, since its
-    settings cannot be checked."""
+    """Before any worker starts: the server keeps the durability profile's
+    promise (RESV_DURABILITY, docs/guarantees.md), RESV_PARTITIONS is the
+    deployment's, and the library loads. Under the strict profile an
+    unreachable server is refused too, since its settings cannot be checked.
+    Each worker then checks the engine state against the audit."""
     from resv.api.app import prepare
 
     engine = Engine(settings.engine)
     try:
-        await prepare(engine)
-    except (DurabilityError, LibraryVersionError) as exc:
+        await prepare(engine, None, guard=False)
+    except (DurabilityError, LibraryVersionError, PartitionsMismatch) as exc:
         return str(exc)
     except EngineUnavailable as exc:
         if settings.engine.durability == "strict":

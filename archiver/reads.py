@@ -13,6 +13,7 @@ from __future__ import annotations
 from redis.asyncio import Redis
 
 from resv.archiver.lag import stream_lag
+from resv.engine import AuditMark
 from resv.archiver.timeline import (
     MAX_LIMIT,
     AuditUnavailable,
@@ -67,6 +68,13 @@ class AuditReader:
     async def request_decisions(self, request_id: str, *, resource_id: str | None = None) -> RequestDecisions:
         return await request_decisions(self.redis, self.pool, request_id, self.partitions,
                                        resource_id=resource_id)
+
+    async def marks(self) -> dict[int, AuditMark]:
+        """The audit marks the engine's state-loss guard compares with
+        (archiver/marks.py). Needs DATABASE_URL."""
+        from resv.archiver.marks import read_marks  # psycopg only when there is an audit
+
+        return await read_marks(self.pool)
 
     async def lag(self) -> dict[int, dict[str, float]]:
         """Per partition: entries not yet archived, and the age of the oldest."""

@@ -1,5 +1,11 @@
 """`resv archiver`: the archiver process.
 
+Before anything is created in Redis, the engine state is compared with the
+audit (engine/deployment.py): while it is behind (Redis lost archived
+decisions) the archiver archives nothing, creates no stream and no group,
+logs why, and checks again; `--once` exits 1 then. A RESV_PARTITIONS other
+than the deployment's stops it at start (exit 2).
+
 An APScheduler job drains every partition stream each interval (one run at a
 time: max_instances=1, coalesce=True; a run drains until the streams are
 empty, so an overrun just means the next run starts when it ends). Migrations
@@ -28,6 +34,7 @@ from resv.archiver.migrate import apply_migrations
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.sweep import Sweeper
 from resv.engine import Engine
+from resv.engine import PartitionsMismatch, StateError, check_partitions, read_records
 from resv.engine.settings import Settings
 
 log = logging.getLogger("resv.archiver")
@@ -85,12 +92,23 @@ async def serve(redis_url: str, database_url: str, partitions: int, settings: Ar
             archiver.pool = pool
 
     archiver = Archiver(redis, None, partitions, settings, metrics, on_ready=prepare)  # type: ignore[arg-type]
+    try:
+        check_partitions((await read_records(redis, partitions))[0], partitions)
+    except PartitionsMismatch as exc:
+        print(f"resv archiver: {exc}", file=sys.stderr)
+        await redis.aclose()
+        return 2
+    except Exception:  # Redis down: the drains retry, and check it then
+        pass
     log.info("archiver %s: %d partitions, batch %d, every %.0f ms",
              settings.consumer, partitions, settings.batch, settings.interval_s * 1000)
     try:
         if once:
             try:
                 n = await archiver.drain()
+            except StateError as exc:
+                log.error("archiver: refusing to archive (no stream or group created): %s", exc)
+                return 1
             except Exception as exc:
                 log.error("archiver: drain failed: %s: %s", type(exc).__name__, exc)
                 return 1

@@ -31,6 +31,7 @@ from psycopg.adapt import Dumper
 from psycopg.errors import UniqueViolation
 from psycopg.pq import Format
 
+from resv.archiver.marks import record_marks
 from resv.archiver.streams import Entry
 
 Checkpoint = Callable[[str], None]
@@ -300,10 +301,13 @@ async def _copy(cur: AsyncCursor, statement: str, types: tuple[str, ...], rows: 
             await copy.write_row(row)
 
 
-async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpoint, *, fresh: bool) -> int:
+async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpoint, *, fresh: bool,
+                     deployment_id: str | None = None) -> int:
     """Writes the rows and their projections in one transaction; returns how
     many rows were new. Committed when it returns; rolled back if it raises.
-    fresh: no entry of the batch was ever delivered before (see above)."""
+    fresh: no entry of the batch was ever delivered before (see above).
+    The partitions' archived marks (archiver/marks.py) move in the same
+    transaction, under `deployment_id`."""
     async with conn.transaction(), conn.cursor() as cur:
         cur.adapters.register_dumper(None, _JsonTextDumper)
         inserted = await _copy_fresh(conn, cur, rows) if fresh else None
@@ -320,6 +324,7 @@ async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpo
         if inserted:  # else every entry was archived before, projections included
             for statement in _PROJECTIONS:
                 await cur.execute(statement)
+        await record_marks(conn, rows, deployment_id)
         checkpoint("before_commit")
     return inserted
 

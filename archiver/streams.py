@@ -100,10 +100,20 @@ async def reclaim(redis: Redis, consumer: str, partitions: list[int], min_idle_m
     return out
 
 
+class GroupsLost(RuntimeError):
+    """Streams without their group: deleted, or a server that restarted
+    without its data. Nothing is re-created here: the archiver checks the
+    engine state against the audit first (drain.py), which refuses a state
+    that lost archived decisions and re-creates the groups otherwise."""
+
+    def __init__(self, partitions: list[int]) -> None:
+        super().__init__(f"no archiver group on the streams of partitions {partitions}")
+        self.partitions = partitions
+
+
 async def _recreate_lost_groups(redis: Redis, partitions: list[int], replies: list[Any]) -> None:
-    """A stream that lost its group (deleted, FLUSHALL, a server restarted
-    without its data) gets it back at once, from its first entry: what is
-    appended from now on is archived. Any other error is raised."""
+    """Raises GroupsLost for streams that lost their group; any other error
+    as it is."""
     lost = []
     for p, reply in zip(partitions, replies):
         if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
@@ -111,7 +121,7 @@ async def _recreate_lost_groups(redis: Redis, partitions: list[int], replies: li
         elif isinstance(reply, Exception):
             raise reply
     if lost:
-        await ensure_groups(redis, lost)
+        raise GroupsLost(lost)
 
 
 async def ack(redis: Redis, acked: dict[int, list[str]]) -> None:

@@ -1,8 +1,13 @@
 """`resv verify [--resource ID]`: replays the audit through the Lua and
 compares every decision, then the final state with live Redis.
 
-The log is PostgreSQL plus the streams' unarchived tails (as the timeline
-reads it), up to each stream's last id when verify starts. Each partition is
+The log is the whole PostgreSQL audit (after the latest start-over's floors,
+archiver/marks.py) plus the streams' unarchived tails (as the timeline reads
+it) up to each stream's last id when verify starts. First the engine state is
+compared with the audit (engine/deployment.py): a partition whose stream is
+behind what the audit holds (an empty or older Redis), or has no deployment
+record, is reported as a mismatch naming it, and its whole audit is replayed
+and compared with what live Redis has (nothing, for a lost server). Each partition is
 replayed on a scratch server (see replay.py); then, for every resource of
 the log, the scratch server's state (the resource hash, its reservations,
 client totals, waiting list) must equal live Redis. A resource that changed
@@ -37,6 +42,8 @@ from resv.archiver.timeline import (
     merge_events,
     scan_stream,
 )
+from resv.archiver.marks import floors, read_marks
+from resv.engine import assess, check_partitions, read_records
 from resv.engine.keys import partition_of
 
 
@@ -49,6 +56,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     """Resources whose final state was compared with live Redis."""
     skipped: list[str] = []
     """Resources that changed while verify ran (not compared)."""
+    behind: list[int] = []
+    """Partitions whose engine state is behind the audit."""
     mismatches: list[Mismatch] = []
 
     @property
@@ -75,6 +84,16 @@ async def verify(
     planner = Planner(idempotency_ttl_ms)
     async with scratch_server() as scratch:
         marks = await archived_marks(live, parts) if live is not None else {}
+        floor = await floors(pool) if pool is not None else {}
+        audit = await read_marks(pool) if pool is not None else {}
+        behind: dict[int, str] = {}
+        if live is not None:
+            # read after the audit: a stream only grows, so what it generated
+            # by now covers whatever the audit held a moment ago
+            records, last_ids = await read_records(live, partitions)
+            check_partitions(records, partitions)
+            if pool is not None:
+                behind = assess(records, last_ids, audit, partitions).behind
         if live is None:
             live_ids: dict[int, set[str]] = {}
         elif resource_id is None:
@@ -83,7 +102,14 @@ async def verify(
             live_ids = {parts[0]: {resource_id}}
         for p in parts:
             mark, end = marks.get(p, ("0-0", None))
-            log = await load_partition(live, pool, p, mark if pool is not None else "0-0", end, resource_id)
+            if p in behind:
+                report.behind.append(p)
+                report.mismatches.append(Mismatch(p, None, "STATE", f"{behind[p]}: engine state is behind "
+                                                  "the audit; run `resv restore`"))
+                log = await load_partition(None, pool, p, "0-0", None, resource_id, floor.get(p))
+            else:
+                log = await load_partition(live, pool, p, mark if pool is not None else "0-0", end, resource_id,
+                                           floor.get(p))
             if not log and not live_ids.get(p):
                 continue
             calls = planner.plan(p, log)
@@ -98,9 +124,9 @@ async def verify(
 
 
 async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, partition: int, mark: str,
-                         end: str | None, resource_id: str | None) -> list[TimelineEvent]:
-    """The partition's log in stream order: PostgreSQL up to `end`, and the
-    stream from `mark` to `end`."""
+                         end: str | None, resource_id: str | None, floor: str | None = None) -> list[TimelineEvent]:
+    """The partition's log in stream order: PostgreSQL up to `end` (all of it
+    when None) above `floor` (a start-over's), and the stream from `mark` to `end`."""
     keep = (lambda f: f.get("resource_id") == resource_id) if resource_id else (lambda f: True)
     tail = await scan_stream(live, partition, mark, end, None, keep) if live is not None and end else []
     archived: list[TimelineEvent] = []
@@ -113,6 +139,9 @@ async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, p
         if end is not None:
             sql += " AND (ms, seq) <= (%s, %s)"
             args += parse_id(end)
+        if floor is not None:
+            sql += " AND (ms, seq) > (%s, %s)"
+            args += parse_id(floor)
         async with pool.connection() as conn:
             cur = await conn.execute(sql + " ORDER BY ms, seq", args)
             archived = [event_from_row(row) for row in await cur.fetchall()]

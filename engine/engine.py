@@ -7,8 +7,13 @@ reply into a typed Decision; the Lua decides.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import uuid
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
+
+import msgspec
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -17,8 +22,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resv.engine import keys
-from resv.engine.durability import DurabilityError, check_durability
-from resv.engine.errors import EngineError, is_missing_function, translate
+from resv.engine.deployment import (
+    AuditMark,
+    EngineState,
+    PartitionsMismatch,
+    check_partitions,
+    check_state,
+    read_records,
+)
+from resv.engine.durability import DurabilityError, check_durability, durability_problems, read_durability
+from resv.engine.errors import EngineError, EngineRefused, is_missing_function, translate
 from resv.engine.lane import Target
 from resv.engine.library import ensure_library, library_version
 from resv.engine.pipeline import Pipeliner
@@ -31,6 +44,38 @@ from resv.engine.types import (
     WaitlistEntry,
     from_flat,
 )
+
+
+log = logging.getLogger("resv.guard")
+
+READS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position"})
+"""Reads of the source of truth: refused only when the state is behind."""
+
+AuditMarks = Callable[[], Awaitable[Mapping[int, AuditMark]]]
+"""Reads the audit marks (archiver/marks.py), raising when it cannot."""
+
+_RUN_ID = re.compile(r"run_id:([0-9a-f]+)")
+
+
+class Refusal(msgspec.Struct, frozen=True, kw_only=True):
+    """Why the engine refuses calls now (Engine.refusal), in operator words."""
+
+    state: str | None = None
+    """The engine state is behind the audit (or cannot be compared with it,
+    or was never checked): reads and writes are refused."""
+    durability: tuple[str, ...] = ()
+    """Strict-profile settings the server lost, one phrase each: writes are refused."""
+
+    @property
+    def reads(self) -> bool:
+        return self.state is not None
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        return ((self.state,) if self.state else ()) + self.durability
+
+
+NOT_CHECKED = Refusal(state="the engine state has not been checked against the audit yet (Redis unreachable)")
 
 
 def _decision(flat: list[Any]) -> Decision:
@@ -49,7 +94,8 @@ def _by(actor: str | None) -> tuple[str, ...]:
     return () if actor is None else (actor,)
 
 
-def _client(url: str, settings: Settings, retries: int, max_connections: int) -> Redis:
+def _client(url: str, settings: Settings, retries: int, max_connections: int,
+            on_connect: Callable[[Any], Awaitable[None]] | None = None) -> Redis:
     # redis-py does the retrying: commits sent through the retrying client are
     # idempotent (request id, reservation id, one entry per client), so a retry
     # after a lost reply can never book twice.
@@ -67,6 +113,7 @@ def _client(url: str, settings: Settings, retries: int, max_connections: int) ->
         timeout=settings.socket_timeout,
         retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
+        redis_connect_func=on_connect,
     )
     return Redis(connection_pool=pool)
 
@@ -81,11 +128,21 @@ class Engine:
         """The server's URL (parts that read the streams open their own client)."""
         self._ttl_arg = str(settings.idempotency_ttl_ms)
         self._library_version = library_version()
-        self.redis = _client(url, settings, settings.retries, settings.max_connections)
+        self.refusal: Refusal | None = None
+        """Set by check_guard: why calls are refused now (None: they are not)."""
+        self.state: EngineState | None = None
+        """The last state check's result (check_guard)."""
+        self._checked_run_id: str | None = None  # the server check_guard last looked at
+        self._server_changed = asyncio.Event()
+        self._checked = asyncio.Event()  # set, then replaced, by each completed check
+        self.redis = _client(url, settings, settings.retries, settings.max_connections, self._on_connect)
         # Definition changes are not idempotent (a retried create would report
         # ALREADY_EXISTS): they go through a client that never retries.
-        self._admin = _client(url, settings, 0, 4)
+        self._admin = _client(url, settings, 0, 4, self._on_connect)
+        # The guard's own connection: not held back by the check it runs.
+        self._checker = _client(url, settings, 0, 2)
         self._pipe = Pipeliner(self.redis, Target.from_url(url), self.load_library, timeout=settings.socket_timeout,
+                               admit=self._admit_server,
                                wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
 
     async def start(self) -> None:
@@ -100,6 +157,136 @@ class Engine:
             raise
         except Exception as exc:
             raise translate(exc) from exc
+
+    # -- the guard (docs/guarantees.md: the state-loss guard, strict all the time)
+
+    async def check_guard(self, audit: AuditMarks | None) -> Refusal | None:
+        """Checks the server now and sets `refusal`: the durability settings
+        (strict profile: writes are refused while one is wrong) and the
+        engine state against the audit (engine/deployment.py: reads and
+        writes are refused while it is behind; missing deployment records of
+        a fresh deployment are written). audit: None when there is no audit
+        (no DATABASE_URL). Raises PartitionsMismatch, and EngineUnavailable
+        when the server cannot be reached (`refusal` is then unchanged)."""
+        try:
+            run_id = str((await self._checker.info("server")).get("run_id", ""))
+            write_problems: list[str] = []
+            if self.settings.durability == "strict":
+                try:
+                    write_problems = [f"RESV_DURABILITY=strict: {p}"
+                                      for p in durability_problems(await read_durability(self._checker))]
+                except DurabilityError as exc:
+                    write_problems = [str(exc)]
+            marks, unreadable = None, None
+            if audit is not None:
+                try:
+                    marks = await audit()
+                except Exception as exc:  # PostgreSQL down: compared when it is back
+                    unreadable = type(exc).__name__
+            state = await check_state(self._checker, self.settings.partitions, marks,
+                                      audit_unreadable=unreadable)
+        except PartitionsMismatch:
+            raise
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise translate(exc) from exc
+        refusal = Refusal(state=state.problem, durability=tuple(write_problems)) \
+            if state.problem or write_problems else None
+        if refusal != self.refusal:
+            if refusal is None:
+                log.warning("engine: calls accepted again")
+            else:
+                log.error("engine: refusing %s: %s", "all calls" if refusal.reads else "writes",
+                          "; ".join(refusal.problems))
+        if state.written:
+            log.info("engine: deployment %s recorded in %d partitions", state.deployment_id, len(state.written))
+        self.state, self.refusal = state, refusal
+        self._checked_run_id = run_id
+        done, self._checked = self._checked, asyncio.Event()
+        done.set()
+        return refusal
+
+    async def guard_forever(self, audit: AuditMarks | None,
+                            on_check: Callable[[Engine], None] | None = None) -> None:
+        """check_guard every RESV_DURABILITY_CHECK_S, and at once when a
+        connection meets a server not checked yet. Runs until cancelled."""
+        interval = self.settings.durability_check_s
+        if self._checked_run_id is None:
+            self._server_changed.set()  # never checked: at once
+        while True:
+            try:
+                async with asyncio.timeout(interval):
+                    await self._server_changed.wait()
+            except TimeoutError:
+                pass
+            self._server_changed.clear()
+            try:
+                await self.check_guard(audit)
+            except PartitionsMismatch as exc:
+                self.refusal = Refusal(state=str(exc))
+                log.error("engine: refusing all calls: %s", exc)
+            except Exception as exc:
+                log.warning("engine: guard check failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(min(0.2, interval))
+                self._server_changed.set()
+            if on_check is not None:
+                on_check(self)
+
+    def refuse_until_checked(self) -> None:
+        """Refuses every call until check_guard has run (a process that could
+        not check at start)."""
+        self.refusal = NOT_CHECKED
+
+    async def check_partitions(self) -> None:
+        """Raises PartitionsMismatch when the deployment records name another
+        RESV_PARTITIONS (reads only)."""
+        try:
+            records, _ = await read_records(self._checker, self.settings.partitions)
+        except Exception as exc:
+            raise translate(exc) from exc
+        check_partitions(records, self.settings.partitions)
+
+    async def _admit_server(self, info: Any) -> None:
+        """Raises unless a connection whose server's INFO is `info` may carry
+        calls: the server is the one the guard checked (a server it has not
+        checked is checked now; the connection waits for that, up to
+        RESV_REDIS_TIMEOUT_S), and the state is not behind. No guard
+        (check_guard never ran): every server is admitted."""
+        if self._checked_run_id is None:
+            return
+        found = _RUN_ID.search(info.decode() if isinstance(info, bytes) else str(info))
+        run_id = found.group(1) if found else None
+        if run_id != self._checked_run_id:
+            self._server_changed.set()
+            try:
+                async with asyncio.timeout(self.settings.socket_timeout):
+                    while run_id != self._checked_run_id:
+                        await self._checked.wait()
+            except TimeoutError:
+                raise RedisConnectionError("a Redis server the guard has not checked yet; checking it") from None
+        if self.refusal is not None and self.refusal.reads:
+            # calls that passed `_refuse` before the check refused them (they
+            # waited for this connection) must not reach the server either
+            raise RedisConnectionError("the engine state is behind the audit")
+
+    async def _on_connect(self, conn: Any) -> None:
+        """Every new redis-py connection of the commit and admin clients (the
+        lane asks the same, engine/pipeline.py). Once the
+        guard runs, a connection to a server it has not checked (another
+        run_id: a restart, maybe without its data; a failover) fails, and the
+        check runs at once: nothing is sent to that server before it passed.
+        While the state is behind, every new connection fails too."""
+        await conn.on_connect()
+        if self._checked_run_id is None:
+            return  # no guard (tools, tests driving the engine directly)
+        await conn.send_command("INFO", "server")
+        await self._admit_server(await conn.read_response())
+
+    def _refuse(self, function: str) -> None:
+        refusal = self.refusal
+        if refusal is not None and (refusal.reads or function not in READS):
+            raise EngineRefused("; ".join(refusal.problems))
 
     async def load_library(self) -> bool:
         try:
@@ -132,7 +319,7 @@ class Engine:
     async def aclose(self) -> None:
         await self._pipe.aclose()
         # Redis(connection_pool=...) does not close a pool it did not create
-        for client in (self.redis, self._admin):
+        for client in (self.redis, self._admin, self._checker):
             await client.aclose()
             await client.connection_pool.disconnect()
 
@@ -156,10 +343,14 @@ class Engine:
         EngineErrors. A plain function, not a coroutine: each coroutine
         between a handler and the reply is one more frame to resume when the
         reply arrives, on every commit."""
+        if self.refusal is not None:
+            self._refuse(function)
         return self._pipe.call("FCALL", function, len(keys_), *keys_, *args)
 
     async def _admin_call(self, function: str, keys_: tuple[str, ...], *args: Any) -> Any:
         """One call on the client that never retries (definition changes)."""
+        if self.refusal is not None:
+            self._refuse(function)
         command = ("FCALL", function, len(keys_), *keys_, *args)
         try:
             try:

@@ -27,6 +27,11 @@ def stream_key(partition: int) -> str:
     return prefix(partition) + "events"
 
 
+def deployment_key(partition: int) -> str:
+    """The partition's deployment record (lua resv_deploy; engine/deployment.py)."""
+    return prefix(partition) + "deployment"
+
+
 # Cached: every call needs them, and a resource takes many calls.
 @lru_cache(maxsize=4096)
 def resource_prefix(resource_id: str, partitions: int) -> str:

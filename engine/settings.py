@@ -42,6 +42,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     durability: str = "strict"
     """RESV_DURABILITY: strict (refuse to start unless the server fsyncs every
     write before replying) or relaxed (start with a warning)."""
+    durability_check_s: float = 30.0
+    """RESV_DURABILITY_CHECK_S: how often a running process checks again the
+    server's durability settings (strict profile) and the engine state
+    against the audit; it also checks whenever it meets a server it has not
+    checked (a restart, a failover)."""
     wait_replicas: int = 0
     """RESV_WAIT_REPLICAS: a commit is answered only after this many replicas
     acknowledged it (WAIT); 0 disables."""
@@ -66,6 +71,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             retries=num("RESV_REDIS_RETRIES", 2),
             max_connections=num("RESV_REDIS_MAX_CONNECTIONS", 64) or 64,
             durability=env.get("RESV_DURABILITY") or "strict",
+            durability_check_s=num("RESV_DURABILITY_CHECK_S", 30.0, float) or 30.0,
             wait_replicas=num("RESV_WAIT_REPLICAS", 0),
             wait_timeout_ms=num("RESV_WAIT_TIMEOUT_MS", 500) or 500,
         )

@@ -1079,6 +1079,44 @@ local function wl_sweep(keys, args)
   return ev
 end
 
+--[[
+  resv_deploy: the partition's deployment record, written once. It tells a
+  process which deployment the partition's state belongs to and how many
+  partitions that deployment has, so a server that lost its data (no record)
+  or a process started with another RESV_PARTITIONS is noticed
+  (docs/guarantees.md, "The state-loss guard").
+  KEYS[1] resv:{pN}:deployment  hash  deployment_id, partitions, created_at
+  ARGV[1] deployment_id  1-64 chars of [A-Za-z0-9_.-]
+  ARGV[2] partitions     integer 1..1024 (RESV_PARTITIONS); N must be below it
+  ARGV[3] mode           '' : write only when the partition has no record;
+                         'replace' : overwrite (resv restore, resv start-over)
+  Returns: deployment_id, partitions, created_at (server time, us) of the
+  record now stored, and written (1 when this call wrote it, 0 when a record
+  was already there and is returned unchanged). Logs no event: the record is
+  not a decision (the audit records restores and start-overs itself).
+  Error BAD_ARGUMENT on a malformed call (no write).
+]]
+local function deploy(keys, args)
+  if #keys ~= 1 then return bad('expected 1 key, got ' .. #keys) end
+  if #args ~= 3 then return bad('expected 3 arguments, got ' .. #args) end
+  local key, id, mode = keys[1], args[1], args[3]
+  local partition = string.match(key, '^resv:{p(%d+)}:deployment$')
+  if not partition then return bad('KEYS[1] must be resv:{pN}:deployment') end
+  if not valid_resource_id(id) then return bad('deployment_id must be 1-64 chars of [A-Za-z0-9_.-]') end
+  local partitions = int_in(args[2], 1, 1024)
+  if not partitions then return bad('partitions must be an integer in 1..1024') end
+  if tonumber(partition) >= partitions then return bad('KEYS[1] names a partition beyond partitions') end
+  if mode ~= '' and mode ~= 'replace' then return bad("mode must be '' or 'replace'") end
+  local current = redis.call('HMGET', key, 'deployment_id', 'partitions', 'created_at')
+  if current[1] and mode == '' then
+    return {'deployment_id', current[1], 'partitions', current[2], 'created_at', current[3], 'written', '0'}
+  end
+  local now = fmt(server_now())
+  -- writes start here
+  redis.call('HSET', key, 'deployment_id', id, 'partitions', fmt(partitions), 'created_at', now)
+  return {'deployment_id', id, 'partitions', fmt(partitions), 'created_at', now, 'written', '1'}
+end
+
 -- ------------------------------------------------------------------- reads
 -- Read-only (no-writes: they may run on replicas, log no event). An unknown
 -- resource, reservation or entry gives an empty array.
@@ -1163,6 +1201,7 @@ redis.register_function{function_name = 'resv_cancel', callback = cancel, flags 
 redis.register_function{function_name = 'resv_wl_join', callback = wl_join, flags = writes}
 redis.register_function{function_name = 'resv_wl_leave', callback = wl_leave, flags = writes}
 redis.register_function{function_name = 'resv_wl_sweep', callback = wl_sweep, flags = writes}
+redis.register_function{function_name = 'resv_deploy', callback = deploy, flags = writes}
 redis.register_function{function_name = 'resv_resource', callback = resource_get, flags = reads}
 redis.register_function{function_name = 'resv_reservation', callback = reservation_get, flags = reads}
 redis.register_function{function_name = 'resv_wl_position', callback = wl_position, flags = reads}

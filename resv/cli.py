@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "timeline": ("resv.commands.timeline", "print a resource's complete ordered history"),
     "verify": ("resv.commands.verify", "replay the audit through the Lua and compare every decision"),
     "restore": ("resv.commands.restore", "rebuild the engine state in an empty Redis from the audit"),
+    "start-over": ("resv.commands.start_over", "after a Redis data loss: start a new deployment instead of restoring"),
     "keys": ("resv.commands.keys", "print the keys a resource's calls take (for redis-cli FCALL)"),
 }
 

@@ -1,8 +1,18 @@
 """Shared fixtures: private servers on free loopback ports.
 
-Nothing here (and no test) may rely on 127.0.0.1:6379 or :5432: the machine
-may run its own Redis/PostgreSQL there, or none. Set REDIS_URL / DATABASE_URL
-to run the suite against external servers instead.
+Tests never touch a server they did not start. Nothing here (and no test)
+may rely on 127.0.0.1:6379 or :5432: the machine may run its own
+Redis/PostgreSQL there, or none. REDIS_URL and DATABASE_URL are ignored (and
+removed from the environment before any test runs, so no code under test or
+child process reads them): the CLI steps make operators set them, and a
+test run must not write to the servers they name.
+
+To run the suite against servers of your own, name them with variables of
+the suite's own: RESV_TEST_REDIS_URL (a server holding no key when the run
+starts: the run refuses another; between tests it deletes the keys the tests
+made, never FLUSHALL/FLUSHDB, and tests that wipe a whole server skip) and
+RESV_TEST_DATABASE_URL (the run creates its databases `resv_test_<random>`
+there and drops only those).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import redis
 
 from resv.embedded import EmbeddedRedis, backend_binary, find_redis_server_binary
 from resv.embedded_pg import EmbeddedPostgres
+from tests.support import OWN_SERVERS
 
 __all__ = ["BACKENDS", "backend_binary"]
 
@@ -30,33 +41,52 @@ pytest_plugins = ["tests.archiver_support"]
 BACKENDS = ["valkey"] + (["redis"] if find_redis_server_binary() else [])
 
 
+FOREIGN = ("REDIS_URL", "DATABASE_URL")
+"""The operators' variables: never used by the suite."""
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # SIGTERM (a CI timeout, `kill`) would end Python without fixture
     # finalizers or atexit hooks, leaving servers behind; treat it as Ctrl-C.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    for name in FOREIGN:
+        os.environ.pop(name, None)
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[Any]:
-    """The suite's Redis-compatible server (valkey unless REDIS_URL is set)."""
-    if url := os.environ.get("REDIS_URL"):
+    """The suite's Redis-compatible server: valkey, started here, unless
+    RESV_TEST_REDIS_URL names one (which must hold no key)."""
+    if url := os.environ.get("RESV_TEST_REDIS_URL"):
+        client = redis.Redis.from_url(url)
+        try:
+            held = client.dbsize()
+        finally:
+            client.close()
+        if held:
+            pytest.exit(f"RESV_TEST_REDIS_URL holds {held} keys: the suite runs only on a server holding "
+                        "none (it never flushes a server it did not start)", returncode=2)
         yield SimpleNamespace(url=url)
         return
     with EmbeddedRedis() as server:
+        OWN_SERVERS.add(server.url)
         yield server
+        OWN_SERVERS.discard(server.url)
 
 
 @pytest.fixture(scope="session", params=BACKENDS)
 def redis_backend(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
     """A started server per available backend, for conformance tests."""
     with EmbeddedRedis(backend_binary(request.param)) as server:
+        OWN_SERVERS.add(server.url)
         yield server
+        OWN_SERVERS.discard(server.url)
 
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Any]:
-    """The suite's PostgreSQL (embedded unless DATABASE_URL is set)."""
-    if url := os.environ.get("DATABASE_URL"):
+    """The suite's PostgreSQL (embedded unless RESV_TEST_DATABASE_URL is set)."""
+    if url := os.environ.get("RESV_TEST_DATABASE_URL"):
         yield SimpleNamespace(url=url)
         return
     with EmbeddedPostgres() as server:
@@ -64,15 +94,29 @@ def pg_server() -> Iterator[Any]:
 
 
 @pytest.fixture
-def redis_url(redis_server: Any) -> str:
+def redis_url(redis_server: Any) -> Iterator[str]:
     """URL of the session server, emptied of keys first.
 
-    FLUSHALL, not FUNCTION FLUSH: the loaded function library stays, so tests
-    do not pay for reloading it.
+    The suite's own server is flushed (FLUSHALL, not FUNCTION FLUSH: the
+    loaded library stays, so tests do not pay for reloading it). On a
+    RESV_TEST_REDIS_URL server, which held no key when the run started, the
+    keys are deleted one by one instead, before and after each test: all of
+    them are the tests'.
     """
-    client = redis.Redis.from_url(redis_server.url)
+    own = redis_server.url in OWN_SERVERS
+    _empty(redis_server.url, own)
+    yield redis_server.url
+    if not own:
+        _empty(redis_server.url, own)
+
+
+def _empty(url: str, own: bool) -> None:
+    client = redis.Redis.from_url(url)
     try:
-        client.flushall()
+        if own:
+            client.flushall()
+        else:
+            for key in client.scan_iter(count=1000):
+                client.unlink(key)
     finally:
         client.close()
-    return redis_server.url

@@ -11,6 +11,22 @@ from resv.engine import keys
 
 PARTITIONS = 16
 
+OWN_SERVERS: set[str] = set()
+"""URLs of the Redis servers the suite started (tests/conftest.py): the only
+ones a test may wipe."""
+
+
+def own(r: Any) -> Any:
+    """`r`, a client of a server the suite started (tests/conftest.py), for a
+    test that wipes it (FLUSHALL, FUNCTION FLUSH); on a RESV_TEST_REDIS_URL
+    server the test skips: the suite never wipes a server it did not start."""
+    kwargs = r.connection_pool.connection_kwargs
+    if f"redis://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}" not in OWN_SERVERS:
+        import pytest
+
+        pytest.skip("wipes the whole server: runs only on one the suite started")
+    return r
+
 
 def rkeys(resource_id: str, partitions: int = PARTITIONS) -> list[str]:
     return list(keys.resource_keys(resource_id, partitions))

@@ -21,7 +21,8 @@ async def test_ready_checks_redis_and_the_library(redis_url):
         r = await c.get("/ready", headers=OP)
         assert r.status_code == 200
         assert r.json() == {"status": "ready",
-                            "checks": {"redis": "up", "library": "up", "postgres": "not_configured"},
+                            "checks": {"redis": "up", "library": "up", "state": "up", "durability": "up",
+                                       "postgres": "not_configured"},
                             "archiver_lag": {"entries": 0, "seconds": 0.0}}
 
 
@@ -46,10 +47,13 @@ async def test_ready_reloads_a_flushed_library(redis_url):
 
 
 async def test_ready_reports_postgres_down(redis_url):
+    async with api(redis_url):  # the deployment is recorded
+        pass
     async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
         r = await c.get("/ready", headers=OP)
         assert r.status_code == 503
-        assert r.json()["checks"] == {"redis": "up", "library": "up", "postgres": "down"}
+        assert r.json()["checks"] == {"redis": "up", "library": "up", "state": "up", "durability": "up",
+                                      "postgres": "down"}
         assert r.json()["error"] == "UNAVAILABLE"
 
 
@@ -177,7 +181,16 @@ def test_the_log_writer_thread_keeps_every_line_in_order():
 
 
 async def test_timeline_with_postgres_down_is_503_not_a_partial_history(redis_url):
-    async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
+    down = f"postgresql://resv@127.0.0.1:{free_port()}/resv"
+    async with api(redis_url, database_url=down) as c:
+        # a server without deployment records and an audit that cannot be
+        # read: fresh or lost cannot be told, so nothing is served
+        assert (await c.post("/resources", headers=OP, json={
+            "resource_id": "gig", "type": "meetup", "capacity": 1})).status_code == 503
+        assert "the audit cannot be read" in (await c.get("/ready", headers=OP)).json()["problems"][0]
+    async with api(redis_url):  # no audit: the deployment is recorded
+        pass
+    async with api(redis_url, database_url=down) as c:
         await create_resource(c, "gig", 1)
         r = await c.get("/ops/resources/gig/timeline", headers=OP)
         assert (r.status_code, r.json()) == (503, {"error": "UNAVAILABLE"})

@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from resv.engine import Engine, ResourceSpec, Settings, keys
 from resv.engine.library import library_source
 from tests.report import record
-from tests.support import PARTITIONS, events
+from tests.support import PARTITIONS, events, own
 
 
 def check_stream(sync_redis, resource_id: str, capacity: int, calls: int) -> None:
@@ -64,7 +64,7 @@ def backend(redis_backend):
     import redis
 
     sync = redis.Redis.from_url(redis_backend.url, decode_responses=True)
-    sync.flushall()
+    own(sync).flushall()
     sync.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     yield redis_backend.url, sync
     sync.close()

@@ -19,6 +19,8 @@ from resv.engine.library import (
     version_of,
 )
 
+from tests.support import own
+
 LUA = Path(__file__).resolve().parent.parent / "lua"
 # Released libraries never change: replaying an old audit depends on it.
 RELEASED_SHA256 = {
@@ -36,7 +38,7 @@ def as_version(n: int) -> str:
 @pytest.fixture
 async def r(redis_url):
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    await client.execute_command("FUNCTION", "FLUSH")
+    await own(client).execute_command("FUNCTION", "FLUSH")
     yield client
     # leave the session server with the current library, as other tests expect
     await client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
@@ -110,12 +112,13 @@ async def test_readiness_upgrades_a_library_pushed_back(r, redis_url):
 async def test_engine_reloads_a_flushed_library(redis_url):
     async with Engine(Settings(redis_url=redis_url)) as engine:
         await engine.create_resource(ResourceSpec(resource_id="f", type="meetup", capacity=3))
-        await engine.redis.execute_command("FUNCTION", "FLUSH")
+        own(engine.redis)
+        await own(engine.redis).execute_command("FUNCTION", "FLUSH")
         d = await engine.reserve("f", "al", 1)
         assert d.confirmed
-        await engine.redis.execute_command("FUNCTION", "FLUSH")
+        await own(engine.redis).execute_command("FUNCTION", "FLUSH")
         assert (await engine.configure("f", 1, {"capacity": 4})).version == 2
-        await engine.redis.execute_command("FUNCTION", "FLUSH")
+        await own(engine.redis).execute_command("FUNCTION", "FLUSH")
         assert (await engine.resource("f")).capacity == 4
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from resv.engine import keys
 from resv.engine.library import library_source, library_version
 from tests.report import record
-from tests.support import PARTITIONS, WRITES, create, rkeys, snapshot, wkeys
+from tests.support import PARTITIONS, WRITES, create, own, rkeys, snapshot, wkeys
 
 FUNCTIONS = ["resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
              "resv_wl_join", "resv_wl_leave", "resv_wl_sweep", "resv_resource", "resv_reservation", "resv_wl_position"]
@@ -157,7 +157,7 @@ def fuzz_redis(redis_server):
 
 def test_fuzz_lua_entry_points(fuzz_redis):
     r = fuzz_redis
-    r.flushall()
+    own(r).flushall()
     r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     create(r, "f1", 3, waitlist=True, max_per_client="2")
     create(r, "f2", 1)

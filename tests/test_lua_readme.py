@@ -52,4 +52,5 @@ def test_readme_example_runs(redis_url, tmp_path):
         "RESERVATION_CANCELLED", "WAITLIST_NOTIFIED", "WAITLIST_LEFT", "RULES_CHANGED",
         "RULES_CHANGED", "RULES_CHANGED",
     ]
+    assert r.hgetall("resv:{p8}:deployment")["deployment_id"] == "demo-deployment"
     r.close()

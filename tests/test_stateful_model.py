@@ -27,7 +27,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 from resv.engine.library import library_source
 from resv.engine import keys
-from tests.support import PARTITIONS, events, fcall, reserve
+from tests.support import PARTITIONS, events, fcall, own, reserve
 
 RESOURCES = ["a", "b"]
 CLIENTS = ["al", "bo", "cy", "di", "ed", "fy"]
@@ -58,7 +58,7 @@ class Model(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.r = redis.Redis.from_url(self.url, decode_responses=True)
-        self.r.flushall()
+        own(self.r).flushall()
         self.r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
         self.res: dict[str, Res] = {}
         self.requests: dict[tuple, tuple] = {}

@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"restore: the audit does not replay cleanly ({len(report.mismatches)} mismatches); nothing written")
         return 1
     print(f"restore: {report.events} archived events replayed, {report.keys} keys written "
-          f"({report.expired_requests} expired idempotency records left out). Now run: resv verify")
+          f"({report.expired_requests} expired idempotency records left out), deployment "
+          f"{report.deployment_id} recorded. Now run: resv verify")
     return 0
 
 

@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 from resv.archiver.db import open_pool
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.verify import VerifyReport, verify
+from resv.engine import BEHIND, PartitionsMismatch
 from resv.engine.settings import Settings
 from resv.scratch import scratch_server
 
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = asyncio.run(_run(redis_url, database_url, settings, args.resource))
+    except PartitionsMismatch as exc:
+        print(f"resv verify: {exc}", file=sys.stderr)
+        return 2
     except (OSError, RedisError, psycopg.Error, PoolTimeout) as exc:
         print(f"resv verify: cannot read the log: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -50,6 +54,8 @@ def run(args: argparse.Namespace) -> int:
           + (f" ({report.inferred} with inputs inferred from their outcome)" if report.inferred else "")
           + (f", final state of {report.resources} resources compared" if redis_url else ", no live state compared")
           + (f", {len(report.skipped)} changed during verify (not compared)" if report.skipped else ""))
+    if report.behind:
+        print(f"{BEHIND} (partitions {', '.join(map(str, report.behind))})")
     print(f"{len(report.mismatches)} mismatches")
     return 0 if report.ok else 1
 
