@@ -196,7 +196,9 @@ class Planner:
         if t == "RULES_CHANGED":
             self._rules_seen(f)
             version = parse_int(f.get("version")) or 1
-            pairs = [x for rule in RULES for x in (rule, g("resource_type" if rule == "type" else rule))]
+            # release 1 had no notify window rule
+            rules = [r for r in RULES if lib > 1 or r != "notify_window_ms"]
+            pairs = [x for rule in rules for x in (rule, g("resource_type" if rule == "type" else rule))]
             return call("resv_configure", str(version - 1), *pairs)
         if t == "RULES_REJECTED":
             return self._rejected_configure(f, call)
