@@ -187,7 +187,9 @@ def test_fuzz_lua_entry_points(fuzz_redis):
             assert "actor" not in d  # who asked is logged, never answered
             # every event the call emitted says who asked and which release decided
             emitted = [fields for key in STREAMS for _, fields in r.xrange(key, after(before, key))]
-            assert emitted
+            # a sweep that found nothing due logs nothing (its contract); every other decision is logged
+            idle_sweep = fn == "resv_wl_sweep" and d.get("expired") == "0" and d.get("notified") == "0"
+            assert bool(emitted) != idle_sweep, (fn, d)
             for fields in emitted:
                 assert fields.get("actor") == actor_in(fn, args), (args, fields)
                 assert fields["lib"] == LIBRARY_VERSION
