@@ -4,9 +4,9 @@ Each concern is wired by its own small function: routes, middleware,
 exception handling, lifespan (which owns the Engine). Nothing here is
 global: tests build apps with their own settings and engine.
 
-Middleware, outermost first: the request edge (times the request, checks
+Middleware, outermost first: the request middleware (times the request, checks
 its key, answers what failed before a response started, counts it and
-writes its operator log line: `api.edge`), then the rate limiter when
+writes its operator log line: `api.middleware`), then the rate limiter when
 RESV_RATE_LIMIT is set.
 """
 
@@ -28,8 +28,8 @@ from litestar.types import ControllerRouterHandler, Middleware
 from resv.api import docs, errors, metrics, oplog
 from resv.api.auth import KeyRing, operator_only
 from resv.api.availability import AvailabilityController
-from resv.api.edge import RequestEdge
 from resv.api.health import HealthController
+from resv.api.middleware import RequestMiddleware
 from resv.api.ops import OpsController
 from resv.api.reservations import ReservationController
 from resv.api.resources import ResourceController
@@ -114,7 +114,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
 
 def middleware(settings: ApiSettings) -> list[Middleware]:
     stack: list[Middleware] = [
-        RequestEdge(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
+        RequestMiddleware(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
     ]
     if settings.rate_limit:
         stack.append(rate_limit(settings.rate_limit).middleware)

@@ -2,8 +2,8 @@
 
 `KeyRing.check` runs on every route except those marked `opt={"public":
 True}` (/health and the OpenAPI document under /schema), called by the
-request edge (`api.edge`; a middleware of its own was one more frame per
-request): a missing or unknown key is 401. It leaves a `Principal` in
+app's one middleware (`api.middleware`; a middleware of its own was one
+more frame per request): a missing or unknown key is 401. It leaves a `Principal` in
 `scope["auth"]` (Litestar's `request.auth`); guards then check the role
 (403). Operator keys may call every client route.
 

@@ -7,8 +7,8 @@ Decisions the engine took against a request are not errors: handlers return
 them as 409 `Rejection`s (`api.decisions`).
 
 Two places use `resolve`: Litestar's exception handler (errors raised by
-handlers, and by the router: 404, 405) and `answer`, which the request edge
-(`api.edge`) calls for errors raised by the middleware inside it (401 from
+handlers, and by the router: 404, 405) and `answer`, which the request middleware
+(`api.middleware`) calls for errors raised by the middleware inside it (401 from
 the key check, 429 from the rate limiter), so that the request log and the
 request metrics see the real status.
 """

@@ -4,7 +4,7 @@ Requests are counted, and their latency observed, by method, route template
 (so ids do not explode the label set) and status code, under the names and
 labels Litestar's `PrometheusMiddleware` uses (`resv_http_requests_total`,
 `resv_http_request_duration_seconds`, `resv_http_requests_in_progress`,
-`resv_http_requests_error_total`), but by the request edge (`api.edge`),
+`resv_http_requests_error_total`), but by the request middleware (`api.middleware`),
 through children bound once per label set: the middleware built a Request,
 two label dicts and four `labels()` lookups per request, ~20% of a cached
 GET /availability's time in a profile. The counters below add what only the

@@ -1,12 +1,14 @@
-"""The operator log: one JSON line per request, to stderr, via `logging`.
+"""The operator log: one JSON line per request, to stderr.
 
 Each line has method, route (the path template, so ids stay out of it; the
 raw path only for requests that matched no route), status, latency_ms, the
 request id, the caller's role and key id (`client#2`, never the key or the
 Authorization header), and, when the engine took a decision, its type,
 outcome, public code, exact reason and server time (`ts`). Handlers add the
-request id and the decision through `note(scope)`; the request edge
-(`api.edge`) writes the line when the response is sent. Every route logs
+request id and the decision through `note(scope)`; the app's middleware
+(`api.middleware`) writes the line when the response is sent. Other records
+(warnings, errors) go through `logging` and `JsonFormatter`, to the same
+stream in the same order. Every route logs
 every request: measured, a line costs a few microseconds (encoded once by
 msgspec, written in batches by `BackgroundStreamHandler`), not worth
 sampling away on the read routes.
@@ -24,7 +26,7 @@ from typing import IO, Any
 import msgspec
 from litestar.types import Scope
 
-from resv.api.ids import new_request_id
+from resv.api.ids import new_line_id
 from resv.api.times import iso_from_us
 from resv.engine.types import Decision
 
@@ -77,7 +79,7 @@ class RequestLine(msgspec.Struct, omit_defaults=True):
 
 
 def log_request(scope: Scope, status: int, seconds: float, entry: Note) -> None:
-    """Writes the request's line (called by the request edge, `api.edge`)."""
+    """Writes the request's line (called by the request middleware, `api.middleware`)."""
     if not log.isEnabledFor(logging.INFO):
         return
     principal = scope.get("auth")
@@ -90,7 +92,7 @@ def log_request(scope: Scope, status: int, seconds: float, entry: Note) -> None:
         route=scope.get("path_template"),
         status=status,
         latency_ms=int(seconds * 1_000_000) / 1000,
-        request_id=entry.request_id or new_request_id(),
+        request_id=entry.request_id or new_line_id(),
         role=principal.role if principal is not None else None,
         key_id=principal.key_id if principal is not None else None,
     )
@@ -106,7 +108,7 @@ def log_request(scope: Scope, status: int, seconds: float, entry: Note) -> None:
 
 
 def note_unrouted(scope: Scope, status: int) -> None:
-    """Logs a request that never reached the request edge (no route, wrong
+    """Logs a request that never reached the request middleware (no route, wrong
     method): Litestar answers those before any route middleware runs."""
     if NOTE in scope or scope.get("type") != "http" or not log.isEnabledFor(logging.INFO):
         return
@@ -120,7 +122,7 @@ def note_unrouted(scope: Scope, status: int) -> None:
         path=str(scope.get("path", ""))[:200],
         status=status,
         latency_ms=None,
-        request_id=new_request_id(),
+        request_id=new_line_id(),
         role=None,
     )))
 

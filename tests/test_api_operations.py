@@ -210,7 +210,7 @@ async def test_request_metrics_count_the_status_the_client_got(redis_url):
         await reserve(c, "gig", "bob", headers={"Authorization": "Bearer not-a-key"})
         after = (await c.get("/metrics", headers=OP)).text
     assert count(after, "/reservations", 201) - count(before, "/reservations", 201) == 1
-    # refused by the key check, inside the edge
+    # refused by the key check, inside the middleware
     assert count(after, "/reservations", 401) - count(before, "/reservations", 401) == 1
     assert count(after, "/resources", 201) - count(before, "/resources", 201) == 1
     assert 'path="/metrics"' not in after  # scrapes are not counted

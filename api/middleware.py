@@ -1,4 +1,4 @@
-"""The request edge: the one outermost middleware of every route.
+"""The app's one middleware, outermost on every route.
 
 It times the request, checks its key (`auth.KeyRing.check`), answers what
 failed before a response started (401 from the key check, 429 from the rate
@@ -23,7 +23,7 @@ from resv.api import errors, metrics, oplog
 from resv.api.auth import KeyRing
 
 
-class RequestEdge(ASGIMiddleware):
+class RequestMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
 
     def __init__(self, keyring: KeyRing) -> None:
