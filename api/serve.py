@@ -1,4 +1,4 @@
-"""`resv serve --host H --port P [--workers N] [--server S]`: the HTTP API.
+"""`resv serve --host H --port P [--workers N]`: the HTTP API under uvicorn.
 
 Settings come from the environment (`api.settings.ApiSettings`); they are
 checked here, before any worker starts, so a missing key or Redis URL stops
@@ -7,11 +7,9 @@ N worker processes on one socket, each building its app from the environment
 (`api.app:app_from_env`); all state lives in Redis, and the request metrics
 are shared through prometheus_client's multiprocess mode.
 
-Two servers, one code path each (`serve`): uvicorn (the default) with uvloop
-and httptools, or granian (`--server granian`, a Rust HTTP server running
-the same ASGI app). Both get the same host, port, worker count and operator
-log configuration. `make bench-api --servers uvicorn,granian` measures them
-side by side (docs/performance.md).
+`serve` is the one way a server is started: `make bench-api` runs its bare
+baseline app through it too, so both get exactly the same server settings.
+(granian was measured beside uvicorn and not kept: docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -30,15 +28,12 @@ from resv.engine import DurabilityError, Engine, EngineUnavailable, LibraryVersi
 
 APP_FACTORY = "resv.api.app:app_from_env"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-SERVERS = ("uvicorn", "granian")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     parser.add_argument("--workers", type=int, default=1, help="server processes (default 1)")
-    parser.add_argument("--server", default="uvicorn", choices=SERVERS,
-                        help="HTTP server (default uvicorn; granian needs the granian package)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="level of the operator log (default info: one line per request)")
     parser.add_argument("--insecure-no-auth", action="store_true",
@@ -70,27 +65,16 @@ def run(args: argparse.Namespace) -> int:
         os.environ[MULTIPROC_ENV] = metrics_dir
     try:
         serve(APP_FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
-              server=getattr(args, "server", "uvicorn"), log_level=args.log_level)
+              log_level=args.log_level)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 
-def serve(target: str, *, factory: bool, host: str, port: int, workers: int, server: str = "uvicorn",
-          log_level: str = "info") -> None:
-    """Runs the ASGI app `target` ("module:attribute") until the server
-    stops. Also how `make bench-api` runs its bare baseline app, so both get
-    exactly these server settings."""
-    if server == "granian":
-        _granian(target, factory=factory, host=host, port=port, workers=workers, log_level=log_level)
-    elif server == "uvicorn":
-        _uvicorn(target, factory=factory, host=host, port=port, workers=workers, log_level=log_level)
-    else:
-        raise ValueError(f"unknown server {server!r}: one of {', '.join(SERVERS)}")
-
-
-def _uvicorn(target: str, *, factory: bool, host: str, port: int, workers: int, log_level: str) -> None:
+def serve(target: str, *, factory: bool, host: str, port: int, workers: int, log_level: str = "info") -> None:
+    """Runs the ASGI app `target` ("module:attribute") under uvicorn until
+    it stops."""
     import uvicorn
 
     uvicorn.run(
@@ -106,26 +90,6 @@ def _uvicorn(target: str, *, factory: bool, host: str, port: int, workers: int, 
         server_header=False,
         timeout_graceful_shutdown=10,
     )
-
-
-def _granian(target: str, *, factory: bool, host: str, port: int, workers: int, log_level: str) -> None:
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-
-    Granian(
-        target,
-        factory=factory,
-        address=host,
-        port=port,
-        workers=workers,
-        interface=Interfaces.ASGI,
-        loop=Loops.uvloop if _loop() == "uvloop" else Loops.asyncio,
-        http=HTTPModes.http1,  # what uvicorn serves; HTTP/2 needs TLS in practice
-        websockets=False,
-        log_dictconfig=oplog.log_config(log_level),
-        log_access=False,  # the operator log has one line per request
-        workers_kill_timeout=10,
-    ).serve()
 
 
 async def check_redis(settings: ApiSettings) -> str | None:

@@ -3,7 +3,7 @@
 The baseline is `benchmarks/bare_app.py`: a bare Litestar echo app that
 shares nothing with resv but the server settings (it is run through the same
 `resv.api.serve.serve` code path: same server, event loop, HTTP parser,
-worker count). For each server and worker count, one run starts an embedded
+worker count). For each worker count, one run starts an embedded
 Valkey without AOF, one with AOF `appendfsync always`, and three servers side
 by side: the bare app, `resv serve` on the first Valkey (RESV_DURABILITY=
 relaxed, with RESV_BENCH_ECHO=1) and `resv serve` on the second (strict).
@@ -27,7 +27,7 @@ round and then the median taken. CPU per request is the figure to compare:
 req/s and latency depend on how the 2 cores are shared with wrk, Valkey and
 whatever else runs on the machine.
 
-    python -m benchmarks.api [--seconds 3] [--rounds 5] [--workers 1] [--servers uvicorn,granian] [--in-app]
+    python -m benchmarks.api [--seconds 3] [--rounds 5] [--workers 1] [--in-app]
 
 Needs wrk: `apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk`.
 """
@@ -145,9 +145,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5,
                         help="runs per row, the rows taking turns; medians are shown (default 5)")
     parser.add_argument("--workers", default="1", help="worker counts, comma-separated (default 1)")
-    parser.add_argument("--servers", default="uvicorn", help="HTTP servers, comma-separated (uvicorn, granian)")
     parser.add_argument("--in-app", action="store_true", help="add the in-app echo rows (RESV_BENCH_ECHO)")
-    parser.add_argument("--serve-bare", nargs=3, metavar=("SERVER", "PORT", "WORKERS"), help=argparse.SUPPRESS)
+    parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_bare:
         return serve_bare(*args.serve_bare)
@@ -157,23 +156,22 @@ def main() -> int:
               "  Debian/Ubuntu: apt-get install -y wrk\n  macOS: brew install wrk", file=sys.stderr)
         return 2
     rows = [row for row in ROWS if args.in_app or not row.in_app]
-    tables: dict[tuple[str, int], dict[str, Result]] = {}
+    tables: dict[int, dict[str, Result]] = {}
     with tempfile.TemporaryDirectory(prefix="resv-bench-") as tmp:
         script = Path(tmp, "bench.lua")
         script.write_text(WRK_SCRIPT)
-        for server_name in args.servers.split(","):
-            for workers in (int(w) for w in args.workers.split(",")):
-                tables[server_name, workers] = measure(wrk, script, Path(tmp), server_name, workers, rows, args)
+        for workers in (int(w) for w in args.workers.split(",")):
+            tables[workers] = measure(wrk, script, Path(tmp), workers, rows, args)
     print_tables(tables, rows, args)
     return 0
 
 
-def measure(wrk: str, script: Path, tmp: Path, server_name: str, workers: int, rows: list[Row],
+def measure(wrk: str, script: Path, tmp: Path, workers: int, rows: list[Row],
             args: argparse.Namespace) -> dict[str, Result]:
     with EmbeddedRedis(extra_args=["--appendonly", "no"]) as fast, EmbeddedRedis() as durable, \
-            Server.bare(server_name, workers, tmp) as bare, \
-            Server.resv(server_name, workers, fast.url, "relaxed", tmp) as relaxed, \
-            Server.resv(server_name, workers, durable.url, "strict", tmp) as strict:
+            Server.bare(workers, tmp) as bare, \
+            Server.resv(workers, fast.url, "relaxed", tmp) as relaxed, \
+            Server.resv(workers, durable.url, "strict", tmp) as strict:
         servers = {"bare": bare, "relaxed": relaxed, "strict": strict}
         redis_of = {"bare": fast.url, "relaxed": fast.url, "strict": durable.url}
         relaxed.create_resource()
@@ -216,13 +214,13 @@ class Server:
         self.tree: list[psutil.Process] = []
 
     @classmethod
-    def bare(cls, server: str, workers: int, tmp: Path) -> Server:
+    def bare(cls, workers: int, tmp: Path) -> Server:
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-        return cls([sys.executable, "-m", "benchmarks.api", "--serve-bare", server, "{port}", str(workers)],
-                   env, tmp / f"bare-{server}-{workers}.log")
+        return cls([sys.executable, "-m", "benchmarks.api", "--serve-bare", "{port}", str(workers)],
+                   env, tmp / f"bare-{workers}.log")
 
     @classmethod
-    def resv(cls, server: str, workers: int, redis_url: str, durability: str, tmp: Path) -> Server:
+    def resv(cls, workers: int, redis_url: str, durability: str, tmp: Path) -> Server:
         env = {
             **os.environ,
             "REDIS_URL": redis_url,
@@ -233,8 +231,7 @@ class Server:
         for name in ("PROMETHEUS_MULTIPROC_DIR", "RESV_RATE_LIMIT", "DATABASE_URL"):
             env.pop(name, None)
         return cls([sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", "{port}",
-                    "--workers", str(workers), "--server", server], env,
-                   tmp / f"resv-{server}-{workers}-{durability}.log")
+                    "--workers", str(workers)], env, tmp / f"resv-{workers}-{durability}.log")
 
     def __enter__(self) -> Server:
         with open(self.log, "ab") as log:
@@ -283,12 +280,12 @@ class Server:
                 raise
 
 
-def serve_bare(server: str, port: str, workers: str) -> int:
+def serve_bare(port: str, workers: str) -> int:
     """The bare app under resv's own server code path (nothing else of resv)."""
     from resv.api.serve import serve
 
     serve("benchmarks.bare_app:app", factory=False, host="127.0.0.1", port=int(port), workers=int(workers),
-          server=server, log_level="warning")
+          log_level="warning")
     return 0
 
 
@@ -308,16 +305,16 @@ def run_wrk(wrk: str, script: Path, url: str, method: str, seconds: int) -> dict
     return json.loads(line.removeprefix("WRKJSON "))
 
 
-def print_tables(tables: dict[tuple[str, int], dict[str, Result]], rows: list[Row],
+def print_tables(tables: dict[int, dict[str, Result]], rows: list[Row],
                  args: argparse.Namespace) -> None:
     print(f"\nresv API vs a bare Litestar echo app: wrk {THREADS} thread x {CONNECTIONS} connections; "
           f"medians of {args.rounds} runs of {args.seconds} s, rows taking turns; {os.cpu_count()} CPUs shared "
           "by wrk, the servers and Valkey. CPU = utime+stime per request; x bare = API CPU over the bare echo's, "
           "within each round (median, and the range over rounds).\n")
-    print("| server | workers | route | req/s | p50 ms | p99 ms | API CPU us/req | x bare (range) | target "
+    print("| workers | route | req/s | p50 ms | p99 ms | API CPU us/req | x bare (range) | target "
           "| Redis CPU us/req | errors |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for (server, workers), results in tables.items():
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, results in tables.items():
         for row in rows:
             r = results[row.label]
             med = lambda attr: statistics.median(getattr(run, attr) for run in r.runs)  # noqa: E731
@@ -327,7 +324,7 @@ def print_tables(tables: dict[tuple[str, int], dict[str, Result]], rows: list[Ro
                 ratio = "1"
             target = f"<= {TARGETS[row.label]}x" if row.label in TARGETS else ""
             label = row.label + (" *" if row.in_app else "")
-            print(f"| {server} | {workers} | {label} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} "
+            print(f"| {workers} | {label} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} "
                   f"| {med('api_us'):.0f} | {ratio} | {target} | {med('redis_us'):.1f} "
                   f"| {sum(run.errors for run in r.runs)} |")
     if any(row.in_app for row in rows):
