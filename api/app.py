@@ -4,9 +4,10 @@ Each concern is wired by its own small function: routes, middleware,
 exception handling, lifespan (which owns the Engine). Nothing here is
 global: tests build apps with their own settings and engine.
 
-Middleware, outermost first: the operator log, the request metrics, the error
-boundary (answers what the middleware inside it raises), the key check, and
-the rate limiter when RESV_RATE_LIMIT is set.
+Middleware, outermost first: the request middleware (times the request, checks
+its key, answers what failed before a response started, counts it and
+writes its operator log line: `api.middleware`), then the rate limiter when
+RESV_RATE_LIMIT is set.
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
 from resv.api import docs, errors, metrics, oplog
-from resv.api.auth import AuthMiddleware, KeyRing, operator_only
+from resv.api.auth import KeyRing, operator_only
 from resv.api.availability import AvailabilityController
 from resv.api.health import HealthController
+from resv.api.middleware import RequestMiddleware
 from resv.api.ops import OpsController
 from resv.api.reservations import ReservationController
 from resv.api.resources import ResourceController
@@ -63,6 +65,7 @@ def app_from_env() -> Litestar:
     """The factory `resv serve` gives uvicorn (`api.app:app_from_env`)."""
     app = create_app(ApiSettings.from_env())
     app.on_startup.append(_tune_process)
+    app.on_shutdown.append(oplog.flush)  # before a server ends the process its own way
     return app
 
 
@@ -111,10 +114,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
 
 def middleware(settings: ApiSettings) -> list[Middleware]:
     stack: list[Middleware] = [
-        oplog.RequestLog(),
-        metrics.request_metrics().middleware,
-        errors.ErrorBoundary(),
-        AuthMiddleware(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
+        RequestMiddleware(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
     ]
     if settings.rate_limit:
         stack.append(rate_limit(settings.rate_limit).middleware)

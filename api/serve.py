@@ -6,6 +6,10 @@ the command with a message instead of a crash loop. With N > 1 uvicorn runs
 N worker processes on one socket, each building its app from the environment
 (`api.app:app_from_env`); all state lives in Redis, and the request metrics
 are shared through prometheus_client's multiprocess mode.
+
+`serve` is the one way a server is started: `make bench-api` runs its bare
+baseline app through it too, so both get exactly the same server settings.
+(granian was measured beside uvicorn and not kept: docs/performance.md.)
 """
 
 from __future__ import annotations
@@ -37,8 +41,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
     if args.workers < 1:
         print("resv serve: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -62,23 +64,32 @@ def run(args: argparse.Namespace) -> int:
         metrics_dir = tempfile.mkdtemp(prefix="resv-metrics-")
         os.environ[MULTIPROC_ENV] = metrics_dir
     try:
-        uvicorn.run(
-            APP_FACTORY,
-            factory=True,
-            host=args.host,
-            port=args.port,
-            workers=args.workers,
-            loop=_loop(),
-            http=_http(),
-            log_config=oplog.log_config(args.log_level),
-            access_log=False,  # the operator log has one line per request
-            server_header=False,
-            timeout_graceful_shutdown=10,
-        )
+        serve(APP_FACTORY, factory=True, host=args.host, port=args.port, workers=args.workers,
+              log_level=args.log_level)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
+
+
+def serve(target: str, *, factory: bool, host: str, port: int, workers: int, log_level: str = "info") -> None:
+    """Runs the ASGI app `target` ("module:attribute") under uvicorn until
+    it stops."""
+    import uvicorn
+
+    uvicorn.run(
+        target,
+        factory=factory,
+        host=host,
+        port=port,
+        workers=workers,
+        loop=_loop(),
+        http=_http(),
+        log_config=oplog.log_config(log_level),
+        access_log=False,  # the operator log has one line per request
+        server_header=False,
+        timeout_graceful_shutdown=10,
+    )
 
 
 async def check_redis(settings: ApiSettings) -> str | None:

@@ -53,8 +53,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     (retries included) before answering 503."""
     bench_echo: bool = False
     """RESV_BENCH_ECHO=1: adds /bench/echo routes (GET and POST) that go
-    through the same middleware but do no engine work; the benchmark's
-    ceiling. Off in production."""
+    through the same middleware but do no engine work (`make bench-api`'s
+    in-app echo rows). Off in production."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:

@@ -6,16 +6,22 @@ Rows (each on a fresh resource with ample capacity, so every call confirms):
   server idles while the client parses a batch and builds the next);
 - engine, one call at a time: `await engine.reserve()` in a loop;
 - engine, N concurrent callers: the engine coalesces their calls into pipelines;
-- one connection per caller: 50 clients, one call in flight each, no batching.
+- one connection per caller: 50 clients, one call in flight each, no batching;
+- minimal booking script: the floor for the commit itself, a tiny function
+  library of its own (`bench_book`: HMGET, TIME, HINCRBY, HSET, XADD, no
+  other rule) sent like the reference row.
 Then the waiting list (issue 14): server time per call (INFO commandstats) of
 a join, a cancel that notifies one entry, a cancel that notifies nobody (the
 seats it frees are promised to outstanding notifications) and a walk-in
 reservation, with 0, 100, 10,000 and 100,000 entries waiting (quantities 1-4
 in turn), against a reservation and a cancel on a resource whose waiting list
 is empty.
-Each row is run 3 times; the median is printed, with its ratio to the
-reference and how busy the server was (its CPU time over the wall time, from
-INFO cpu): near 100%, the server is the ceiling and the client keeps up.
+Each row is run 3 times, the rows taking turns; the median is printed, with
+its ratio to the reference, how busy the server was (its CPU time over the
+wall time, from INFO cpu: near 100%, the server is the ceiling and the client
+keeps up), and the server's microseconds per FCALL (INFO commandstats, reset
+before each run), whose ratio to the minimal script's is issue 13's target
+for resv_reserve (<= 1.5x).
 Uses an embedded Valkey (AOF off, like a benchmark of the CPU path; AOF
 always is measured in the last row) unless REDIS_URL is set.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import statistics
 import time
 import uuid
 
@@ -34,6 +41,25 @@ from resv.engine import Engine, ResourceSpec, Settings, keys, library_source
 
 CALLS = int(os.environ.get("BENCH_CALLS", "20000"))
 PARTITIONS = 16
+TARGET = 1.5
+"""resv_reserve's server time per call over the minimal script's (issue 13)."""
+
+MINIMAL_LIBRARY = """#!lua name=resvbench
+-- The floor for a booking commit: read capacity and reserved, read the
+-- clock, count the quantity, store the booking, append the decision.
+redis.register_function('bench_book', function(keys, args)
+  local r = redis.call('HMGET', keys[1], 'capacity', 'reserved')
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local qty = tonumber(args[2])
+  if (tonumber(r[2]) or 0) + qty > tonumber(r[1]) then return {'REJECTED'} end
+  redis.call('HINCRBY', keys[1], 'reserved', qty)
+  redis.call('HSET', keys[2], args[3], args[1])
+  redis.call('XADD', keys[3], '*', 'type', 'RESERVATION_CONFIRMED', 'client_id', args[1],
+             'quantity', args[2], 'request_id', args[3], 'ts', tostring(now))
+  return {'CONFIRMED', tostring(now)}
+end)
+"""
 
 
 async def fresh_resource(engine: Engine) -> str:
@@ -53,6 +79,23 @@ async def raw_pipelined(url: str, engine: Engine) -> float:
             pipe.execute_command("FCALL", "resv_reserve", 10,
                                  *keys.reserve_keys(rid, keys.request_key(rid, rq, PARTITIONS), PARTITIONS),
                                  rid, f"c{i}", "1", rq)
+        await pipe.execute()
+    elapsed = time.perf_counter() - start
+    await r.aclose()
+    return CALLS / elapsed
+
+
+async def minimal_script(url: str, engine: Engine) -> float:
+    r = aioredis.Redis.from_url(url, decode_responses=True)
+    await r.function_load(MINIMAL_LIBRARY, replace=True)
+    tag = "bench-" + uuid.uuid4().hex[:10]
+    ks = [f"resv:{{p0}}:res:{tag}", f"resv:{{p0}}:bk:{tag}", "resv:{p0}:benchevents"]
+    await r.hset(ks[0], mapping={"capacity": 10**9, "reserved": 0})
+    start = time.perf_counter()
+    for base in range(0, CALLS, 500):
+        pipe = r.pipeline(transaction=False)
+        for i in range(base, min(base + 500, CALLS)):
+            pipe.execute_command("FCALL", "bench_book", 3, *ks, f"c{i}", "1", f"r{i}")
         await pipe.execute()
     elapsed = time.perf_counter() - start
     await r.aclose()
@@ -99,19 +142,22 @@ async def connection_per_caller(url: str, engine: Engine, callers: int = 50) -> 
     return rate
 
 
-async def measure(url: str, label: str, fn, *args) -> tuple[str, float, float]:
-    """(label, median commits/s, the server's busy fraction in that run)."""
+async def measure(url: str, label: str, fn, *args) -> tuple[str, float, float, float]:
+    """One run: (label, commits/s, the server's busy fraction, server us per FCALL)."""
     info = aioredis.Redis.from_url(url)
-    runs = []
     async with Engine(Settings(redis_url=url, partitions=PARTITIONS)) as engine:
-        for _ in range(3):
-            cpu, start = await server_cpu(info), time.perf_counter()
-            rate = await fn(url, engine, *args)
-            busy = (await server_cpu(info) - cpu) / (time.perf_counter() - start)
-            runs.append((rate, busy))
+        await info.config_resetstat()
+        cpu, start = await server_cpu(info), time.perf_counter()
+        rate = await fn(url, engine, *args)
+        busy = (await server_cpu(info) - cpu) / (time.perf_counter() - start)
+        stats = await info.info("commandstats")
     await info.aclose()
-    rate, busy = sorted(runs)[1]
-    return label, rate, busy
+    fcall = stats.get("cmdstat_fcall", {})
+    return label, rate, busy, float(fcall.get("usec_per_call", 0.0))
+
+
+def median_row(runs: list[tuple[str, float, float, float]]) -> tuple[str, float, float, float]:
+    return sorted(runs, key=lambda run: run[1])[len(runs) // 2]
 
 
 async def server_cpu(client: aioredis.Redis) -> float:
@@ -232,24 +278,38 @@ def print_waitlist(reserve: tuple[float, float], cancel: tuple[float, float], ro
         print(f"| {waiting:,} | " + " | ".join(cells) + f" | {join[1] / reserve[1]:.2f} | {worst:.2f} |")
 
 
+REFERENCE = "redis-py pipeline, 500 per round trip (reference)"
+MINIMAL = "minimal booking script (HMGET, TIME, HINCRBY, HSET, XADD), pipeline 500"
+
+
 async def main() -> None:
-    rows = []
+    rows = [(REFERENCE, raw_pipelined, ()), (MINIMAL, minimal_script, ()),
+            ("engine, 1 call at a time", engine_sequential, ())]
+    rows += [(f"engine, {callers} concurrent callers", engine_concurrent, (callers,)) for callers in (16, 64, 256)]
+    rows.append(("50 connections, 1 call in flight each", connection_per_caller, ()))
+    runs: dict[str, list] = {label: [] for label, _, _ in rows}
     with EmbeddedRedis(appendfsync="no", extra_args=["--appendonly", "no"]) as server:
         url = os.environ.get("REDIS_URL") or server.url
-        rows.append(await measure(url, "redis-py pipeline, 500 per round trip (reference)", raw_pipelined))
-        rows.append(await measure(url, "engine, 1 call at a time", engine_sequential))
-        for callers in (16, 64, 256):
-            rows.append(await measure(url, f"engine, {callers} concurrent callers", engine_concurrent, callers))
-        rows.append(await measure(url, "50 connections, 1 call in flight each", connection_per_caller))
+        for _ in range(3):  # rows take turns: background load falls on all of them alike
+            for label, fn, args in rows:
+                runs[label].append(await measure(url, label, fn, *args))
+    durable_label = "engine, 256 callers, AOF always"
     with EmbeddedRedis() as durable:  # AOF, appendfsync always
-        rows.append(await measure(durable.url, "engine, 256 callers, AOF always", engine_concurrent, 256))
-        waitlist = await waitlist_rows(url)
-    reference = rows[0][1]
-    print(f"\nreserve commits/s, median of 3 runs of {CALLS} calls (1 process, 2-core machine)\n")
-    print("| setup | commits/s | vs reference | server busy |")
-    print("|---|---:|---:|---:|")
-    for label, rate, busy in rows:
-        print(f"| {label} | {rate:,.0f} | {rate / reference:.0%} | {busy:.0%} |")
+        runs[durable_label] = [await measure(durable.url, durable_label, engine_concurrent, 256) for _ in range(3)]
+    with EmbeddedRedis(appendfsync="no", extra_args=["--appendonly", "no"]) as server:
+        waitlist = await waitlist_rows(os.environ.get("REDIS_URL") or server.url)
+    table = [median_row(r) for r in runs.values()]
+    reference = table[0][1]
+    floor = statistics.median(run[3] for run in runs[MINIMAL])
+    print(f"\nreserve commits/s, median of 3 runs of {CALLS} calls, rows taking turns (1 process, "
+          f"{os.cpu_count()}-core machine); server us/FCALL from INFO commandstats, x minimal = over the "
+          f"minimal booking script's (target for resv_reserve <= {TARGET}x)\n")
+    print("| setup | commits/s | vs reference | server busy | server us/FCALL | x minimal |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for label, rate, busy, per_call in table:
+        us = statistics.median(run[3] for run in runs[label])
+        ratio = "1" if label == MINIMAL else f"{us / floor:.2f}x"
+        print(f"| {label} | {rate:,.0f} | {rate / reference:.0%} | {busy:.0%} | {us:.1f} | {ratio} |")
     print_waitlist(*waitlist)
 
 
