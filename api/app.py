@@ -36,8 +36,10 @@ from resv.api.resources import ResourceController
 from resv.api.services import Services
 from resv.api.settings import ApiSettings
 from resv.api.waitlist import WaitlistController
+from resv.api.webhooks import WebhookController
 from resv.archiver.reads import AuditReader
 from resv.engine import AuditMarks, DurabilityError, Engine, EngineError, EngineUnavailable
+from resv.notifier.manage import WebhookStore
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -104,7 +106,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
     ]
     # The archiver's audit routes (/ops/...): operator keys only, whatever
     # the controller itself declares.
-    handlers.append(Router(path="/", route_handlers=[OpsController], guards=[operator_only]))
+    handlers.append(Router(path="/", route_handlers=[OpsController, WebhookController], guards=[operator_only]))
     if settings.bench_echo:
         from resv.api.bench import BenchEchoController
 
@@ -164,7 +166,8 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
                 owned.refuse_until_checked()
             metrics.guard_checked(owned)
             guard = asyncio.create_task(owned.guard_forever(marks, on_check=metrics.guard_checked))
-            app.state.services = Services(settings, owned, audit)
+            webhooks = WebhookStore(audit.pool) if audit.pool is not None else None
+            app.state.services = Services(settings, owned, audit, webhooks)
             yield
         finally:
             if guard is not None:

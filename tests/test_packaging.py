@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SOURCES = ["pyproject.toml", "resv", "engine", "api", "archiver", "lua"]
+SOURCES = ["pyproject.toml", "resv", "engine", "api", "archiver", "notifier", "lua"]
 
 
 def test_every_subpackage_is_listed() -> None:
@@ -29,7 +29,7 @@ def test_every_subpackage_is_listed() -> None:
             rel = init.parent.relative_to(ROOT / folder).parts
             name = ".".join((package, *rel))
             assert name in listed, f"add {name!r} to [tool.setuptools] packages"
-    assert set(mapped) == {"resv", "resv.engine", "resv.api", "resv.archiver", "resv.lua"}
+    assert set(mapped) == {"resv", "resv.engine", "resv.api", "resv.archiver", "resv.notifier", "resv.lua"}
 
 
 def test_resources_resolve_from_the_import_system() -> None:
