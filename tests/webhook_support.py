@@ -147,7 +147,8 @@ async def start_notifier(database_url: str) -> AsyncIterator[Callable[..., Any]]
         await pool.close()
 
 
-async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
+                     explain: Callable[[], Any] | None = None) -> Any:
     """Awaits check() (sync or async) until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:
@@ -157,7 +158,10 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str 
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            detail = explain() if explain is not None else None
+            if asyncio.iscoroutine(detail):
+                detail = await detail
+            raise AssertionError(f"timed out waiting for {what}" + (f": {detail}" if detail is not None else ""))
         await asyncio.sleep(0.05)
 
 
