@@ -57,5 +57,6 @@ class NotifierSettings(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def lease_s(self) -> float:
         """How long an attempt (and an endpoint's ownership) is held without
-        news: an attempt ends within timeout_s, so past this it is over."""
-        return self.timeout_s + 5.0
+        news: an attempt ends within timeout_s, so past this it is over; the
+        margin covers the time to write its result."""
+        return self.timeout_s * 1.5 + 1.0

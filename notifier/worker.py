@@ -232,12 +232,15 @@ class Notifier:
         """Keeps up to `concurrency` attempts in flight, claimed in stream
         order, until nothing is due; then releases the endpoint."""
         concurrency = self.settings.concurrency
+        # Claims wait for half the slots to be free: half the round trips
+        # of refilling each slot as it frees, the pipe still never empty.
+        refill = max(1, concurrency // 2)
         inflight: set[asyncio.Task[None]] = set()
         try:
             while not self.stopping.is_set():
                 room = concurrency - len(inflight)
                 claimed: list[tuple[Claimed, str, list[str]]] | None = []
-                if room > 0:
+                if room >= refill or not inflight:
                     try:
                         claimed = await self._claim(webhook_id, room)
                     except (psycopg.Error, OSError) as exc:
