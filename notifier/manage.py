@@ -10,6 +10,7 @@ field for it, so no GET can show it.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import secrets
@@ -45,6 +46,7 @@ PUBLIC_TYPES = events.PUBLIC_TYPES
 EVERY_TYPE = events.EVERY_TYPE
 DELIVERY_STATUSES = ("PENDING", "DELIVERED", "FAILED", "CANCELLED")
 PAGE_SIZE = 100
+RESOLVE_TIMEOUT_S = 5.0
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -128,9 +130,12 @@ class WebhookStore:
     async def check_url(self, url: str) -> None:
         """Raises WebhookInvalid unless the URL may be an endpoint now."""
         try:
-            await checked_address(parse_url(url), allow_private=self.settings.allow_private)
+            async with asyncio.timeout(RESOLVE_TIMEOUT_S):
+                await checked_address(parse_url(url), allow_private=self.settings.allow_private)
         except UrlRefused as exc:
             raise WebhookInvalid("url", str(exc)) from None
+        except TimeoutError:
+            raise WebhookInvalid("url", "the host name did not resolve in time") from None
 
     @staticmethod
     def check_event_types(types: list[str]) -> list[str]:
