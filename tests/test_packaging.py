@@ -72,7 +72,10 @@ def test_wheel_contains_lua_and_migrations(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"resv/lua/__init__.py", "resv/lua/resv.lua", "resv/lua/releases/resv_1.lua",
             "resv/archiver/migrations/9999_probe.sql",
-            "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py"} <= names
+            "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py",
+            # the console's templates and assets ship inside the package (no CDN)
+            "resv/api/console/templates/resource.html", "resv/api/console/static/console.css",
+            "resv/api/console/static/console.js"} <= names
     # One top-level import package: nothing else that an application's own
     # `api` or `engine` module could shadow or be shadowed by.
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
