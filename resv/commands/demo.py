@@ -131,12 +131,13 @@ resv is running.
 {lines}
 
   API        {base}
+  console    {base}/console  (sign in with the operator key)
   OpenAPI    {base}/schema  (JSON: {base}/schema/openapi.json)
   metrics    {base}/metrics (operator key)
   operator key: {op}
   client key:   {client}
 
-Try it:
+Try it (and watch the decisions arrive on {base}/console/resources/meetup-1):
   curl -s -X POST {base}/resources -H 'Authorization: Bearer {op}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"resource_id": "meetup-1", "type": "meetup", "capacity": 20, "waitlist_enabled": true}}'
