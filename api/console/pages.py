@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
+from litestar.params import PathParameter
 from litestar.response import Redirect, Template
 
 from resv.api.console import pictures
@@ -33,6 +34,9 @@ PAGE_SIZES = (50, 100, 200, 500, 1000)
 PICTURE_WINDOW = 5000
 """The pictures cover the resource's newest decisions, this many at most."""
 MAX_INT = 1_000_000_000
+
+RawResourceId = Annotated[str, PathParameter()]
+"""Checked by the handler (_resource_id), so a bad id gets a sentence."""
 
 
 def _text(request: Request[Any, Any, Any], name: str, pattern: re.Pattern[str], what: str) -> str | None:
@@ -122,7 +126,7 @@ class ConsoleController(Controller):
     # ------------------------------------------------------------- resource
 
     @get("/resources/{resource_id:str}")
-    async def resource(self, request: Request[Any, Any, Any], resource_id: str) -> Template:
+    async def resource(self, request: Request[Any, Any, Any], resource_id: RawResourceId) -> Template:
         svc = services(request)
         rid = _resource_id(resource_id)
         found = await svc.within_deadline(svc.engine.resource(rid))
@@ -153,7 +157,7 @@ class ConsoleController(Controller):
         )
 
     @get("/resources/{resource_id:str}/tail")
-    async def tail(self, request: Request[Any, Any, Any], resource_id: str) -> Response[Any]:
+    async def tail(self, request: Request[Any, Any, Any], resource_id: RawResourceId) -> Response[Any]:
         """Rows after `after`, for the live tail (the page polls it)."""
         svc = services(request)
         rid = _resource_id(resource_id)
@@ -168,7 +172,7 @@ class ConsoleController(Controller):
     # --------------------------------------------------------------- actions
 
     @post("/resources/{resource_id:str}/change")
-    async def change(self, request: Request[Any, Any, Any], resource_id: str) -> Template:
+    async def change(self, request: Request[Any, Any, Any], resource_id: RawResourceId) -> Template:
         """Two steps: without `confirmed`, a page saying what would change;
         with it, the one engine call, sent with the page's version."""
         svc = services(request)

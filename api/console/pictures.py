@@ -17,7 +17,7 @@ from resv.archiver.reads import TimelineEvent
 W, H = 640, 220
 WIDE = 1000
 """Width of the remaining-capacity picture, which spans the page."""
-LEFT, RIGHT, TOP, BOTTOM = 44, 12, 14, 30
+LEFT, RIGHT, TOP, BOTTOM = 44, 12, 26, 30
 
 CONFIRMED_COLOUR = "#1a7f37"
 REJECTED_COLOUR = "#cf222e"
@@ -48,7 +48,7 @@ def _axes(y_max: int, y_label: str, t0: int, t1: int, w: int = W) -> str:
         parts.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x1}" y2="{y:.1f}" class="grid"/>')
     parts.append(f'<text x="{x0}" y="{H - 8}" class="tick">{escape(_clock(t0))}</text>')
     parts.append(f'<text x="{x1}" y="{H - 8}" text-anchor="end" class="tick">{escape(_clock(t1))} UTC</text>')
-    parts.append(f'<text x="{x0 + 4}" y="{TOP + 10}" class="tick">{escape(y_label)}</text>')
+    parts.append(f'<text x="{x0}" y="{TOP - 10}" class="tick">{escape(y_label)}</text>')
     return "".join(parts)
 
 
@@ -132,14 +132,15 @@ def refusal_reasons(events: Sequence[TimelineEvent]) -> Markup:
     if not counts:
         return _empty(label)
     rows = counts.most_common(8)
-    height = TOP + 26 * len(rows) + 8
+    row_h = 34
+    height = TOP + row_h * len(rows) + 8
     top = rows[0][1]
     name_w, bar_w = 210, W - 210 - 60
     parts = []
     for i, (reason, count) in enumerate(rows):
-        y = TOP + i * 26
+        y = TOP + i * row_h
         w = max(count / top * bar_w, 2)
-        parts.append(f'<text x="{name_w - 8}" y="{y + 15}" text-anchor="end" class="tick">{escape(reason)}</text>')
-        parts.append(f'<rect x="{name_w}" y="{y + 3}" width="{w:.1f}" height="16" class="bar-rejected"/>')
-        parts.append(f'<text x="{name_w + w + 6:.1f}" y="{y + 15}" class="tick">{count}</text>')
-    return _svg(label, "".join(parts), height)
+        parts.append(f'<text x="{name_w - 8}" y="{y + 19}" text-anchor="end" class="label">{escape(reason)}</text>')
+        parts.append(f'<rect x="{name_w}" y="{y + 4}" width="{w:.1f}" height="22" class="bar-rejected"/>')
+        parts.append(f'<text x="{name_w + w + 6:.1f}" y="{y + 19}" class="label">{count}</text>')
+    return _svg(label, f'<text x="{name_w}" y="{TOP - 10}" class="tick">refusals</text>' + "".join(parts), height)

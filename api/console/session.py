@@ -117,11 +117,32 @@ class ConsoleCookies:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await self._by_scheme[scope.get("scheme") == "https"](scope, receive, send)
+            await self._by_scheme[scope.get("scheme") == "https"](scope, receive, _expire_at_once(send))
         except PermissionDeniedException:
             # Raised by the CSRF check before any handler ran (the handlers'
             # own refusals are answered by their exception handlers).
             await refuse_form(scope, send)
+
+
+_CLEARED = f"{SESSION_COOKIE}=null;".encode()
+
+
+def _expire_at_once(send: Send) -> Send:
+    """Litestar clears a session cookie with `expires=<now>`, to the second,
+    so a browser may send it once more within that second (seen in
+    Chromium: signed out, then signed in again by the next click). Max-Age=0
+    deletes it at once."""
+
+    async def sending(message: Any) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                (name, value + b"; Max-Age=0") if name.lower() == b"set-cookie" and value.startswith(_CLEARED)
+                else (name, value)
+                for name, value in message.get("headers", [])
+            ]
+        await send(message)
+
+    return sending
 
 
 CSRF_REFUSED = ("This form was not accepted: it did not carry this console's token (it may be old, or come "
