@@ -108,3 +108,41 @@ async def test_engine_waiting_list_in_order(engine):
 
 def test_stream_ids_compare_as_numbers():
     assert streams.parse_id("10-0") > streams.parse_id("9-5")
+
+
+async def test_filtered_pages_use_an_index_at_100000_events(pool):
+    """Keyset pages of a resource with 100,000 events (and as many of other
+    resources) are index range scans, whatever the filter: EXPLAIN, not a
+    stopwatch."""
+    async with pool.connection() as conn:
+        await conn.execute("""
+            INSERT INTO events (partition, stream_id, ms, seq, ts_us, type, decision, reason, resource_id,
+                                client_id, quantity, request_id, version, remaining, fields)
+            SELECT 3, (1700000000000 + i / 5) || '-' || (i % 5), 1700000000000 + i / 5, i % 5,
+                   (1700000000000 + i / 5) * 1000 + i % 5,
+                   CASE WHEN i % 10 = 0 THEN 'RESERVATION_CONFIRMED' ELSE 'RESERVATION_REJECTED' END,
+                   CASE WHEN i % 10 = 0 THEN 'CONFIRMED' ELSE 'REJECTED' END, 'SOLD_OUT',
+                   CASE WHEN i < 100000 THEN 'big' ELSE 'other' || i % 50 END,
+                   'fan-' || i % 20000, 1, 'req-' || i, 1, 0, '{}'
+            FROM generate_series(0, 199999) i""")
+        await conn.execute("ANALYZE events")
+        newest, middle = (1800000000000, 0), (1700000010000, 0)
+        for where, args in [("", ()), (" AND client_id = %s", ("fan-7",)), (" AND type = %s", ("RULES_CHANGED",)),
+                            (" AND decision = %s", ("CONFIRMED",)), (" AND request_id = %s", ("req-5",))]:
+            for sql, bound in [("(ms, seq) <= (%s, %s)" + where + " ORDER BY ms DESC, seq DESC", newest),
+                               ("(ms, seq) < (%s, %s)" + where + " ORDER BY ms DESC, seq DESC", middle),
+                               ("(ms, seq) > (%s, %s)" + where + " ORDER BY ms, seq", middle)]:
+                cur = await conn.execute("EXPLAIN (FORMAT JSON) SELECT stream_id FROM events "
+                                         "WHERE resource_id = %s AND " + sql + " LIMIT 101",
+                                         ("big", *bound, *args))
+                plan = (await cur.fetchone())[0][0]["Plan"]
+                scans = list(_scans(plan))
+                assert scans and all(s.startswith(("Index Scan", "Index Only Scan", "Bitmap")) for s in scans), \
+                    (where, sql, scans)
+
+
+def _scans(plan):
+    if "Scan" in plan["Node Type"]:
+        yield plan["Node Type"]
+    for child in plan.get("Plans", []):
+        yield from _scans(child)
