@@ -18,5 +18,6 @@
   services      what handlers use (engine, cache, deadline), owned by the app
   availability, reservations, waitlist, resources, health: the controllers
   ops           the archiver's audit routes (/ops/...)
+  console/      the operator console (/console): pages, session sign-in, SVG pictures
   bench         in-app echo routes for the benchmark (RESV_BENCH_ECHO=1 only)
 """

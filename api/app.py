@@ -22,12 +22,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from litestar import Litestar, Request, Router
+from litestar.datastructures import State
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
 from resv.api import docs, errors, metrics, oplog
 from resv.api.auth import KeyRing, operator_only
 from resv.api.availability import AvailabilityController
+from resv.api.console import console, template_config
 from resv.api.health import HealthController
 from resv.api.middleware import RequestMiddleware
 from resv.api.ops import OpsController
@@ -36,8 +38,10 @@ from resv.api.resources import ResourceController
 from resv.api.services import Services
 from resv.api.settings import ApiSettings
 from resv.api.waitlist import WaitlistController
+from resv.api.webhooks import WebhookController
 from resv.archiver.reads import AuditReader
 from resv.engine import AuditMarks, DurabilityError, Engine, EngineError, EngineUnavailable
+from resv.notifier.manage import WebhookStore
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -48,8 +52,13 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
     engine (loads the Lua library) and closes it when it stops."""
     settings = settings if settings is not None else ApiSettings.from_env()
     settings.check(needs_redis_url=engine is None)
+    # The operator console (/console): its own routers, session and CSRF
+    # middleware; absent when no operator key could sign in.
+    operator_console = console(settings, KeyRing(settings.api_keys))
     return Litestar(
-        route_handlers=routes(settings),
+        route_handlers=routes(settings) + (operator_console[0] if operator_console else []),
+        template_config=template_config() if operator_console else None,
+        state=State({"console_sessions": operator_console[1] if operator_console else None}),
         middleware=middleware(settings),
         exception_handlers={Exception: errors.handle_exception},
         lifespan=[lifespan(settings, engine)],
@@ -104,7 +113,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
     ]
     # The archiver's audit routes (/ops/...): operator keys only, whatever
     # the controller itself declares.
-    handlers.append(Router(path="/", route_handlers=[OpsController], guards=[operator_only]))
+    handlers.append(Router(path="/", route_handlers=[OpsController, WebhookController], guards=[operator_only]))
     if settings.bench_echo:
         from resv.api.bench import BenchEchoController
 
@@ -164,7 +173,8 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
                 owned.refuse_until_checked()
             metrics.guard_checked(owned)
             guard = asyncio.create_task(owned.guard_forever(marks, on_check=metrics.guard_checked))
-            app.state.services = Services(settings, owned, audit)
+            webhooks = WebhookStore(audit.pool) if audit.pool is not None else None
+            app.state.services = Services(settings, owned, audit, webhooks)
             yield
         finally:
             if guard is not None:

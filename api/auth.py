@@ -61,6 +61,12 @@ class KeyRing:
             raise NotAuthorizedException(headers={"WWW-Authenticate": "Bearer"})
         scope["auth"] = principal
 
+    @property
+    def operator_digests(self) -> dict[str, bytes]:
+        """key id -> SHA-256 of the key, for the operator keys (the console
+        binds a session to the key it was opened with)."""
+        return {p.key_id: digest for digest, p in self._keys if p.role == "operator"}
+
     def identify(self, authorization: bytes | None) -> Principal | None:
         """The principal of an `Authorization: Bearer <key>` header value."""
         if self._open:

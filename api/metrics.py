@@ -21,10 +21,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Response, get
+from litestar import Request, Response, get
 from litestar.enums import MediaType
 from litestar.plugins.prometheus import PrometheusController
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from resv.api import docs
 from resv.api.auth import operator_only
@@ -148,8 +149,66 @@ class MetricsController(PrometheusController):
     tags = ["operations"]
 
     @get(operation_id="getMetrics", media_type=MediaType.TEXT, responses=docs.errors(403))
-    async def get(self) -> Response:  # type: ignore[override]
+    async def get(self, request: Request[Any, Any, Any]) -> Response:  # type: ignore[override]
         """Prometheus text format: request counts and latency by route and
         status, decisions, availability cache hits and misses, Redis errors.
-        With several workers, totals over all of them."""
-        return await PrometheusController.get.fn(self)
+        With several workers, totals over all of them. With DATABASE_URL,
+        the webhook deliveries too, read from PostgreSQL at each scrape."""
+        response = await PrometheusController.get.fn(self)
+        store = request.app.state.services.webhooks
+        if store is None:
+            return response
+        return Response(response.content + await webhook_metrics(store), status_code=response.status_code,
+                        headers=response.headers)
+
+
+async def webhook_metrics(store: Any) -> bytes:
+    """The delivery log's state, computed from PostgreSQL now (every notifier
+    writes there, so this is the total over all of them)."""
+    up = GaugeMetricFamily("resv_webhook_metrics_up", "1 when the webhook metrics below could be read.")
+    families = [up]
+    try:
+        m = await store.metrics()
+    except Exception:
+        up.add_metric([], 0)
+        return _exposition(families)
+    up.add_metric([], 1)
+    deliveries = GaugeMetricFamily("resv_webhook_deliveries", "Webhook deliveries by status (outcome).",
+                                   labels=["status"])
+    attempts = CounterMetricFamily("resv_webhook_attempts", "Attempts made, by the delivery's status.",
+                                   labels=["status"])
+    for status, (n, tries) in m["by_status"].items():
+        deliveries.add_metric([status], n)
+        attempts.add_metric([status], tries)
+    pending = GaugeMetricFamily("resv_webhook_pending_deliveries", "Deliveries not yet delivered, failed or cancelled.",
+                                value=m["pending"])
+    oldest = GaugeMetricFamily("resv_webhook_oldest_pending_seconds", "Age of the oldest pending delivery.",
+                               value=m["oldest_pending_s"])
+    latency = GaugeMetricFamily(
+        "resv_webhook_delivery_latency_seconds",
+        "Decision commit (server time) to successful delivery, quantiles over the last 5 minutes.",
+        labels=["quantile"])
+    for q, value in m["latency_quantiles"].items():
+        if value is not None:
+            latency.add_metric([str(q)], float(value))
+    recent = GaugeMetricFamily("resv_webhook_delivered_recent", "Deliveries made in the last 5 minutes.",
+                               value=m["latency_recent"])
+    endpoints = GaugeMetricFamily("resv_webhook_endpoints", "Webhook endpoints by state.", labels=["state"])
+    for state, n in m["endpoints"].items():
+        endpoints.add_metric([state], n)
+    families += [deliveries, attempts, pending, oldest, latency, recent, endpoints]
+    return _exposition(families)
+
+
+class _Snapshot:
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> list[Any]:
+        return self.families
+
+
+def _exposition(families: list[Any]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot(families))
+    return generate_latest(registry)

@@ -89,6 +89,11 @@ def serve(target: str, *, factory: bool, host: str, port: int, workers: int, log
         access_log=False,  # the operator log has one line per request
         server_header=False,
         timeout_graceful_shutdown=10,
+        # uvicorn kills a worker that does not answer its supervisor's ping
+        # within 5 s (its default); a worker still starting on a loaded
+        # machine (imports, templates, the engine's start) was killed and
+        # restarted in a loop (seen at load 11 on 2 cores).
+        timeout_worker_healthcheck=30,
     )
 
 

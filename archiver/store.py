@@ -35,6 +35,11 @@ from resv.archiver.marks import record_marks
 from resv.archiver.streams import Entry
 
 Checkpoint = Callable[[str], None]
+
+EVENTS_CHANNEL = "resv_events"
+"""NOTIFYed in each transaction that archives new events: PostgreSQL
+delivers it at commit, so a listener (the notifier) hears of a batch once it
+is visible, never before."""
 Row = tuple[Any, ...]
 
 EVENT_COLUMNS = (
@@ -324,6 +329,7 @@ async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpo
         if inserted:  # else every entry was archived before, projections included
             for statement in _PROJECTIONS:
                 await cur.execute(statement)
+            await cur.execute(f"NOTIFY {EVENTS_CHANNEL}")
         await record_marks(conn, rows, deployment_id)
         checkpoint("before_commit")
     return inserted

@@ -42,6 +42,7 @@ from resv.engine.types import (
     Reservation,
     Resource,
     ResourceSpec,
+    WaitingList,
     WaitlistEntry,
 )
 
@@ -77,6 +78,7 @@ __all__ = [
     "Resource",
     "ResourceSpec",
     "Settings",
+    "WaitingList",
     "WaitlistEntry",
     "ensure_library",
     "library_source",

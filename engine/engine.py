@@ -41,6 +41,7 @@ from resv.engine.types import (
     Reservation,
     Resource,
     ResourceSpec,
+    WaitingList,
     WaitlistEntry,
     from_flat,
 )
@@ -479,3 +480,11 @@ class Engine:
             return None
         flat = await self._call("resv_wl_position", self._keys(resource_id), resource_id, entry_id)
         return from_flat(WaitlistEntry, flat) if flat else None
+
+    async def waiting_list(self, resource_id: str, *, offset: int = 0, count: int = 100) -> WaitingList | None:
+        """The WAITING entries in order from place offset+1 (count 1..1000),
+        and how many wait in all. None for an unknown resource."""
+        flat = await self._call("resv_waitlist", self._keys(resource_id), resource_id, str(offset), str(count))
+        if not flat:
+            return None
+        return WaitingList(waiting=int(flat[0]), entries=[from_flat(WaitlistEntry, e) for e in flat[1:]])

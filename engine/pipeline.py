@@ -35,7 +35,8 @@ from resv.engine.errors import (
 from resv.engine.lane import Batch, Command, Lane, Target
 
 # Functions that write: only they wait for replicas.
-READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_version"})
+READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_waitlist",
+                            "resv_version"})
 
 log = logging.getLogger("resv.engine")
 

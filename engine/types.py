@@ -111,6 +111,14 @@ class WaitlistEntry(msgspec.Struct, kw_only=True, frozen=True):
     fulfilled_at: int | None = None
 
 
+class WaitingList(msgspec.Struct, kw_only=True, frozen=True):
+    """One page of a resource's waiting list, in order (resv_waitlist)."""
+
+    waiting: int
+    """How many entries are WAITING in all."""
+    entries: list[WaitlistEntry]
+
+
 class ResourceSpec(msgspec.Struct, kw_only=True, frozen=True):
     """What an operator declares when creating a resource."""
 

@@ -1184,6 +1184,35 @@ local function wl_position(keys, args)
 end
 
 --[[
+  resv_waitlist: one page of the waiting list, in order (what a freeing
+  notifies first comes first).
+  KEYS[1..6]  the resource keys;  ARGV[1] resource_id
+  ARGV[2] offset  integer 0..1e9, 0-based place of the first entry
+  ARGV[3] count   integer 1..1000
+  Returns: the number of WAITING entries, then one flat array per WAITING
+  entry from place offset+1 on, fields as resv_wl_position (position 1-based).
+  NOTIFIED entries have left the line and are not listed. An unknown resource
+  gives an empty array.
+]]
+local function waitlist_get(keys, args)
+  local rid = args[1]
+  local K, err = resource_keys(keys, rid, 6)
+  if not K then return err end
+  if #args ~= 3 then return bad('expected 3 arguments: resource_id, offset, count') end
+  local offset = int_in(args[2], 0, MAX_INT)
+  if not offset then return bad('offset must be an integer in 0..' .. MAX_INT) end
+  local count = int_in(args[3], 1, MAX_WALK)
+  if not count then return bad('count must be an integer in 1..' .. MAX_WALK) end
+  if redis.call('EXISTS', K.res) == 0 then return {} end
+  local out = {redis.call('ZCARD', K.wl)}
+  for _, eid in ipairs(redis.call('ZRANGE', K.wl, offset, offset + count - 1)) do
+    local raw = redis.call('HGET', K.we, 'e:' .. eid)
+    if raw then out[#out + 1] = entry_fields(K, cjson.decode(raw)) end
+  end
+  return out
+end
+
+--[[
   resv_version: the library version.  No KEYS, no ARGV.  Returns a string.
 ]]
 local function version()
@@ -1205,4 +1234,5 @@ redis.register_function{function_name = 'resv_deploy', callback = deploy, flags 
 redis.register_function{function_name = 'resv_resource', callback = resource_get, flags = reads}
 redis.register_function{function_name = 'resv_reservation', callback = reservation_get, flags = reads}
 redis.register_function{function_name = 'resv_wl_position', callback = wl_position, flags = reads}
+redis.register_function{function_name = 'resv_waitlist', callback = waitlist_get, flags = reads}
 redis.register_function{function_name = 'resv_version', callback = version, flags = reads}

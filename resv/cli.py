@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("resv.commands.demo", "start everything on embedded servers and print how to use it"),
     "serve": ("resv.api.serve", "serve the HTTP API"),
     "archiver": ("resv.archiver.run", "drain the decision streams into PostgreSQL"),
+    "notifier": ("resv.notifier.run", "deliver signed webhooks from the audit"),
+    "listen": ("resv.commands.listen", "receive webhooks locally: verify each, print one JSON line per event"),
     "migrate": ("resv.archiver.migrate", "apply the SQL migrations"),
     "timeline": ("resv.commands.timeline", "print a resource's complete ordered history"),
     "verify": ("resv.commands.verify", "replay the audit through the Lua and compare every decision"),

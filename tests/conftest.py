@@ -33,7 +33,7 @@ from tests.support import OWN_SERVERS
 __all__ = ["BACKENDS", "backend_binary"]
 
 # PostgreSQL fixtures (empty_database, database_url, pool, engine, make_archiver)
-pytest_plugins = ["tests.archiver_support"]
+pytest_plugins = ["tests.archiver_support", "tests.webhook_support"]
 
 # Backends available here (tests may import this and backend_binary from
 # tests.conftest): valkey ships with the project; redis-server only where the

@@ -109,6 +109,10 @@ CASES = [
     ("resv_cancel", KW, ["r1", "r1~1", "\xe9"], "actor"),
     ("resv_wl_join", KW, ["r1", "al", "1", "a b"], "actor"),
     ("resv_wl_leave", KW, ["r1", "r1~w1", ":"], "actor"),
+    ("resv_waitlist", K, ["r1", "0"], "arguments"),
+    ("resv_waitlist", K, ["r1", "-1", "10"], "offset"),
+    ("resv_waitlist", K, ["r1", "0", "0"], "count"),
+    ("resv_waitlist", K, ["r1", "0", "1001"], "count"),
 ]
 
 

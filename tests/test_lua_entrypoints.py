@@ -8,7 +8,7 @@ import time
 import pytest
 import redis
 
-from tests.support import create, events, fcall, reserve, rkeys, snapshot, wkeys
+from tests.support import as_dict, create, events, fcall, reserve, rkeys, snapshot, wkeys
 
 
 @pytest.fixture
@@ -310,3 +310,22 @@ def test_every_decision_records_its_version(r):
     ]
     ts = [int(e["ts"]) for e in evs]
     assert ts == sorted(ts)
+
+
+def test_waitlist_lists_the_waiting_in_order_and_writes_nothing(r):
+    create(r, "line", 1, waitlist=True)
+    reserve(r, "line", "x", 1, "q1")
+    joined = [fcall(r, "resv_wl_join", "line", c, "1")["entry_id"] for c in ("a", "b", "c", "d")]
+    fcall(r, "resv_wl_leave", "line", joined[1])  # b leaves: c and d move up
+    ks = rkeys("line")
+    before = snapshot(r)
+    reply = r.execute_command("FCALL_RO", "resv_waitlist", len(ks), *ks, "line", "0", "10")
+    assert reply[0] == 3
+    page = [as_dict(e) for e in reply[1:]]
+    assert [(e["entry_id"], e["client_id"], e["position"], e["status"]) for e in page] == [
+        (joined[0], "a", "1", "WAITING"), (joined[2], "c", "2", "WAITING"), (joined[3], "d", "3", "WAITING")]
+    second = r.execute_command("FCALL_RO", "resv_waitlist", len(ks), *ks, "line", "1", "1")
+    assert second[0] == 3 and as_dict(second[1])["entry_id"] == joined[2]
+    assert snapshot(r) == before
+    ks = rkeys("nothing")
+    assert r.execute_command("FCALL_RO", "resv_waitlist", len(ks), *ks, "nothing", "0", "10") == []

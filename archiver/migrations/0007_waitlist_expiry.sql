@@ -7,3 +7,8 @@ ALTER TABLE waitlist_entries ADD COLUMN expires_at timestamptz;
 ALTER TABLE waitlist_entries ADD COLUMN expired_at timestamptz;
 
 COMMENT ON COLUMN waitlist_entries.expires_at IS 'When the notification lapses (notified_at + the notify window then in force).';
+
+-- Webhooks deliver the waiting list's new events (notifier/events.py).
+INSERT INTO webhook_event_types (stream_type, event_type) VALUES
+    ('WAITLIST_EXPIRED', 'waitlist.expired'),
+    ('WAITLIST_SWEPT', 'waitlist.swept');
