@@ -23,10 +23,12 @@ LUA = (Path(__file__).resolve().parent.parent / "lua" / "resv.lua").read_text()
 
 
 def lua_event_types() -> set[str]:
-    """Every type the Lua writes to a stream: `'type', 'X'` and `'type', cond and 'X' or 'Y'`."""
+    """Every type the Lua writes to a stream: `'type', 'X'`, `'type', cond and 'X' or 'Y'`,
+    and the waiting-list consequences, built by `waitlist_event(K, r, 'X', ...)`."""
     found: set[str] = set()
     for match in re.finditer(r"'type',\s*([^,}]*)", LUA):
         found |= set(re.findall(r"'([A-Z]+_[A-Z_]+)'", match.group(1)))
+    found |= set(re.findall(r"waitlist_event\(K, \w+, '([A-Z]+_[A-Z_]+)'", LUA))
     return found
 
 
