@@ -71,6 +71,7 @@ local MAX_TIME = 9000000000000000   -- us; keeps integers exact in doubles
 local MAX_ID = 128                  -- client, request and entry ids
 local MAX_RESOURCE_ID = 64
 local MAX_ACTOR = 64
+local MAX_WAITLIST_PAGE = 1000       -- entries per resv_waitlist page
 local DEFAULT_IDEMPOTENCY_TTL_MS = 86400000
 local DEFAULT_NOTIFY_WINDOW_MS = 900000  -- 15 minutes
 local MAX_NOTIFY_WINDOW_MS = 30 * 86400000
@@ -1201,8 +1202,8 @@ local function waitlist_get(keys, args)
   if #args ~= 3 then return bad('expected 3 arguments: resource_id, offset, count') end
   local offset = int_in(args[2], 0, MAX_INT)
   if not offset then return bad('offset must be an integer in 0..' .. MAX_INT) end
-  local count = int_in(args[3], 1, MAX_WALK)
-  if not count then return bad('count must be an integer in 1..' .. MAX_WALK) end
+  local count = int_in(args[3], 1, MAX_WAITLIST_PAGE)
+  if not count then return bad('count must be an integer in 1..' .. MAX_WAITLIST_PAGE) end
   if redis.call('EXISTS', K.res) == 0 then return {} end
   local out = {redis.call('ZCARD', K.wl)}
   for _, eid in ipairs(redis.call('ZRANGE', K.wl, offset, offset + count - 1)) do
