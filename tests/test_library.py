@@ -90,7 +90,7 @@ async def test_an_older_process_refuses_a_newer_library(r, redis_url):
 
 
 async def test_the_same_number_with_other_code_is_refused(r):
-    changed = library_source().replace("local MAX_WALK = 1000", "local MAX_WALK = 999")
+    changed = library_source() + "\n-- a code change without a new release number\n"
     assert changed != library_source()
     await r.execute_command("FUNCTION", "LOAD", changed)
     with pytest.raises(LibraryVersionError, match="a code change needs a new LIBRARY_VERSION"):
