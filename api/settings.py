@@ -62,6 +62,12 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     """RESV_CONSOLE_SECRET: signs and encrypts the console's session cookies
     (and its CSRF tokens); every worker and host must share it. Unset: derived
     from the operator keys (api/console/session.py)."""
+    console_sign_in_limit: int = 10
+    """RESV_CONSOLE_SIGN_IN_LIMIT: console sign-in attempts (POST
+    /console/sign-in) per minute per client address, per server process;
+    more get a 429 page. 0: no limit. The address is the one uvicorn reports
+    (behind a proxy, from X-Forwarded-For only when the proxy is in
+    FORWARDED_ALLOW_IPS)."""
     bench_echo: bool = False
     """RESV_BENCH_ECHO=1: adds /bench/echo routes (GET and POST) that go
     through the same middleware but do no engine work (`make bench-api`'s
@@ -79,6 +85,7 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             database_url=env.get("DATABASE_URL") or None,
             max_body_bytes=_int(env, "RESV_MAX_BODY_BYTES", 16 * 1024, low=256),
             request_deadline_s=_float(env, "RESV_REQUEST_DEADLINE_S", 3.0, low=0.1),
+            console_sign_in_limit=_int(env, "RESV_CONSOLE_SIGN_IN_LIMIT", 10, low=0),
             bench_echo=_flag(env, "RESV_BENCH_ECHO"),
             console_secret=Secret(env["RESV_CONSOLE_SECRET"]) if env.get("RESV_CONSOLE_SECRET") else None,
         )

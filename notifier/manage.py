@@ -278,6 +278,17 @@ class WebhookStore:
             row = await cur.fetchone()
         return _webhook(row) if row is not None else None
 
+    async def delivery(self, webhook_id: str, delivery_id: str) -> Delivery | None:
+        """One delivery of a (not deleted) endpoint; None when there is none."""
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"""SELECT {', '.join('d.' + c for c in _DELIVERY_COLUMNS.split(', '))}
+                    FROM webhook_deliveries d JOIN webhooks w USING (webhook_id)
+                    WHERE w.webhook_id = %s AND w.deleted_at IS NULL AND d.delivery_id = %s""",
+                (webhook_id, delivery_id))
+            row = await cur.fetchone()
+        return _delivery(row) if row is not None else None
+
     async def deliveries(self, webhook_id: str, status: str | None = None,
                          cursor: str | None = None) -> DeliveryPage | None:
         """Newest first, PAGE_SIZE a page. None for no such endpoint.

@@ -9,6 +9,7 @@ machine and fail under CI=true: CI must run them (`.ci/run` installs it).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -31,7 +32,21 @@ OP = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 CL = {"Authorization": f"Bearer {CLIENT_KEY}"}
 DOCS = ROOT / "docs"
 
-__all__ = ["CL", "CLIENT_KEY", "DOCS", "OP", "OPERATOR_KEY", "chromium_or_skip", "console_stack"]
+__all__ = ["CL", "CLIENT_KEY", "DOCS", "LEAKS", "OP", "OPERATOR_KEY", "chromium_or_skip", "console_stack",
+           "leak_pattern"]
+
+
+def leak_pattern(*secrets: str) -> re.Pattern[str]:
+    """What no console page may contain: these secrets, key names, traces,
+    Redis, Lua or SQL words, source paths."""
+    return re.compile(
+        "|".join([*(re.escape(s) for s in secrets), r"resv:\{", r"\{p\d+\}", r"KEYS\[", "Traceback",
+                  r"\bredis\b", r"\bvalkey\b", r"\blua\b", "psycopg", r"\bSQL\b", r"\.py\b", "BAD_ARGUMENT",
+                  r"\bFCALL\b", r"/work/", "Exception", "Error:"]),
+        re.IGNORECASE)
+
+
+LEAKS = leak_pattern(OPERATOR_KEY, CLIENT_KEY)
 
 
 def chromium_or_skip() -> str:

@@ -8,7 +8,7 @@ from litestar import Litestar
 
 from resv.api.app import create_app
 from resv.api.auth import KeyRing
-from resv.api.console.session import ConsoleCookies, ConsoleSessions, console_secret
+from resv.api.console.session import ConsoleCookies, ConsoleSessions, SignInLimiter, console_secret
 from resv.api.settings import ApiSettings
 from resv.engine import Engine, Settings
 
@@ -36,6 +36,19 @@ def test_console_middleware_runs_on_console_routes_only():
     for path, method in (("/reservations", "POST"), ("/availability", "GET"), ("/resources", "POST")):
         assert ConsoleCookies not in middleware_of(app, path, method)
     assert app.csrf_config is None  # no app-wide CSRF check on the API's routes
+
+
+def test_the_sign_in_limit_runs_on_the_sign_in_controller_only():
+    app = app_with({})
+    assert SignInLimiter in middleware_of(app, "/console/sign-in", "POST")
+    assert SignInLimiter in middleware_of(app, "/console/sign-in", "GET")  # mounted there, counts POSTs only
+    for path, method in (("/reservations", "POST"), ("/availability", "GET"), ("/console/sign-out", "POST"),
+                         ("/console/resources/{resource_id:str}", "GET"), ("/console/webhooks", "GET")):
+        assert SignInLimiter not in middleware_of(app, path, method)
+    assert SignInLimiter not in middleware_of(app_with({"RESV_CONSOLE_SIGN_IN_LIMIT": "0"}), "/console/sign-in", "POST")
+    assert ApiSettings.from_env({"RESV_API_KEYS": KEYS}).console_sign_in_limit == 10
+    with pytest.raises(ValueError, match="RESV_CONSOLE_SIGN_IN_LIMIT"):
+        ApiSettings.from_env({"RESV_API_KEYS": KEYS, "RESV_CONSOLE_SIGN_IN_LIMIT": "-1"})
 
 
 def test_no_operator_key_no_console():

@@ -39,7 +39,7 @@ RawResourceId = Annotated[str, PathParameter()]
 """Checked by the handler (_resource_id), so a bad id gets a sentence."""
 
 
-def _text(request: Request[Any, Any, Any], name: str, pattern: re.Pattern[str], what: str) -> str | None:
+def query_text(request: Request[Any, Any, Any], name: str, pattern: re.Pattern[str], what: str) -> str | None:
     value = (request.query_params.get(name) or "").strip()
     if not value:
         return None
@@ -64,6 +64,8 @@ def page(request: Request[Any, Any, Any], name: str, status: int = 200, **contex
 
 
 class SignInController(Controller):
+    """The sign-in form and its POST (rate-limited: api/console/__init__.py)."""
+
     path = PATH
 
     @get("/sign-in", name="console-sign-in")
@@ -81,11 +83,6 @@ class SignInController(Controller):
             })
         request.set_session(session)
         return Redirect(_safe_next(str(form.get("next") or "")) or f"{PATH}/resources", status_code=303)
-
-    @post("/sign-out", status_code=303, guards=[signed_in])
-    async def sign_out(self, request: Request[Any, Any, Any]) -> Redirect:
-        request.clear_session()
-        return Redirect(f"{PATH}/sign-in", status_code=303)
 
 
 def _next(request: Request[Any, Any, Any]) -> str:
@@ -106,19 +103,24 @@ class ConsoleController(Controller):
     async def home(self) -> Redirect:
         return Redirect(f"{PATH}/resources")
 
+    @post("/sign-out", status_code=303)
+    async def sign_out(self, request: Request[Any, Any, Any]) -> Redirect:
+        request.clear_session()
+        return Redirect(f"{PATH}/sign-in", status_code=303)
+
     # ------------------------------------------------------------ resources
 
     @get("/resources")
     async def resources(self, request: Request[Any, Any, Any]) -> Response[Any]:
         svc = services(request)
-        wanted = _text(request, "id", RESOURCE_ID, "resource id")
+        wanted = query_text(request, "id", RESOURCE_ID, "resource id")
         if wanted is not None:
             if await svc.within_deadline(svc.engine.resource(wanted)) is not None:
                 return Redirect(f"{PATH}/resources/{wanted}")
             return page(request, "resources.html", 404, listing=None, query={}, missing=wanted)
-        search = _text(request, "q", RESOURCE_ID, "search text")
-        kind = _text(request, "type", PRINTABLE_ID, "type")
-        after = _text(request, "after", RESOURCE_ID, "page cursor")
+        search = query_text(request, "q", RESOURCE_ID, "search text")
+        kind = query_text(request, "type", PRINTABLE_ID, "type")
+        after = query_text(request, "after", RESOURCE_ID, "page cursor")
         listing = await svc.audit.resources(search=search, type_=kind, after=after, limit=50)
         return page(request, "resources.html", listing=listing,
                     query={"q": search or "", "type": kind or ""}, has_audit=svc.audit.has_audit)
@@ -134,8 +136,8 @@ class ConsoleController(Controller):
             raise Refused(404, f"There is no resource {rid}.")
         where, query = _filters(request)
         limit = _limit(request)
-        after = _text(request, "after", STREAM_ID, "page cursor")
-        before = _text(request, "before", STREAM_ID, "page cursor")
+        after = query_text(request, "after", STREAM_ID, "page cursor")
+        before = query_text(request, "before", STREAM_ID, "page cursor")
         slice_ = await svc.audit.timeline_slice(rid, after=after, before=before, limit=limit, where=where)
         recent = await svc.audit.timeline_slice(rid, limit=PICTURE_WINDOW)
         waiting = await svc.within_deadline(svc.engine.waiting_list(rid, count=100))
@@ -161,7 +163,7 @@ class ConsoleController(Controller):
         """Rows after `after`, for the live tail (the page polls it)."""
         svc = services(request)
         rid = _resource_id(resource_id)
-        after = _text(request, "after", STREAM_ID, "page cursor") or "0-0"
+        after = query_text(request, "after", STREAM_ID, "page cursor") or "0-0"
         where, _ = _filters(request)
         slice_ = await svc.audit.timeline_slice(rid, after=after, limit=200, where=where)
         template = request.app.template_engine.get_template("rows.html")
@@ -215,8 +217,8 @@ class ConsoleController(Controller):
     @get("/requests")
     async def request_story(self, request: Request[Any, Any, Any]) -> Template:
         svc = services(request)
-        request_id = _text(request, "request_id", PRINTABLE_ID, "request id")
-        rid = _text(request, "resource_id", RESOURCE_ID, "resource id")
+        request_id = query_text(request, "request_id", PRINTABLE_ID, "request id")
+        rid = query_text(request, "resource_id", RESOURCE_ID, "resource id")
         story = None
         if request_id:
             story = await svc.audit.request_decisions(request_id, resource_id=rid)
@@ -246,10 +248,10 @@ def groups(events: list[TimelineEvent]) -> list[Group]:
 
 
 def _filters(request: Request[Any, Any, Any]) -> tuple[TimelineFilter, dict[str, str]]:
-    client = _text(request, "client_id", PRINTABLE_ID, "client id")
-    rid = _text(request, "request_id", PRINTABLE_ID, "request id")
-    kind = _text(request, "type", TYPE_NAME, "event type")
-    outcome = _text(request, "outcome", TYPE_NAME, "outcome")
+    client = query_text(request, "client_id", PRINTABLE_ID, "client id")
+    rid = query_text(request, "request_id", PRINTABLE_ID, "request id")
+    kind = query_text(request, "type", TYPE_NAME, "event type")
+    outcome = query_text(request, "outcome", TYPE_NAME, "outcome")
     if outcome is not None and outcome not in OUTCOMES:
         raise Refused(400, "The outcome is CONFIRMED or REJECTED.")
     query = {k: v for k, v in (("client_id", client), ("request_id", rid), ("type", kind),

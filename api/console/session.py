@@ -5,7 +5,8 @@ encrypted), HttpOnly, SameSite=Strict, scoped to /console, and Secure when
 the request came over https. It holds the key id (`operator#1`) and a
 fingerprint of the key (an HMAC of its digest), never the key: a session
 ends as soon as its key leaves RESV_API_KEYS. Every state-changing form
-carries Litestar's CSRF token (a double-submit cookie, HMAC-signed).
+carries Litestar's CSRF token (a double-submit cookie, HMAC-signed). The
+sign-in POST is rate-limited per client address (RESV_CONSOLE_SIGN_IN_LIMIT).
 
 The secret: RESV_CONSOLE_SECRET when set (all workers and hosts must share
 it); otherwise it is derived from the operator keys, which every worker
@@ -22,8 +23,10 @@ from typing import Any
 
 from litestar.config.csrf import CSRFConfig
 from litestar.connection import ASGIConnection
-from litestar.exceptions import PermissionDeniedException
+from litestar.connection import Request
+from litestar.exceptions import PermissionDeniedException, TooManyRequestsException
 from litestar.middleware.csrf import CSRFMiddleware
+from litestar.middleware.rate_limit import RateLimitConfig, RateLimitMiddleware
 from litestar.middleware.session.base import SessionMiddleware
 from litestar.middleware.session.client_side import ClientSideSessionBackend, CookieBackendConfig
 from litestar.types import ASGIApp, Receive, Scope, Send
@@ -147,12 +150,52 @@ def _expire_at_once(send: Send) -> Send:
 
 CSRF_REFUSED = ("This form was not accepted: it did not carry this console's token (it may be old, or come "
                 "from another site). Reload the page and try again.")
+SIGN_IN_LIMITED = ("Too many sign-in attempts from your address in the last minute. Wait a minute, then "
+                   "sign in again.")
 
 
 async def refuse_form(scope: Scope, send: Send) -> None:
+    await plain_page(scope, send, 403, "Form not accepted", CSRF_REFUSED)
+
+
+async def plain_page(scope: Scope, send: Send, status: int, title: str, message: str,
+                     headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
+    """The error page, sent by a middleware (before any handler ran)."""
     template = scope["litestar_app"].template_engine.get_template("error.html")
-    body = template.render(base=PATH, me=None, title="Form not accepted", message=CSRF_REFUSED,
-                           csrf_input="").encode()
-    await send({"type": "http.response.start", "status": 403, "headers": [
-        (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    body = template.render(base=PATH, me=None, title=title, message=message, csrf_input="").encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"text/html; charset=utf-8"), (b"content-length", str(len(body)).encode()), *headers]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+# ------------------------------------------------------------ sign-in limit
+
+SIGN_IN_WINDOW = "minute"
+SIGN_IN_STORE = "console_sign_in"
+"""Its own store: the API's RESV_RATE_LIMIT counts in "rate_limit"."""
+
+
+def sign_in_limit(per_minute: int) -> RateLimitConfig:
+    """Litestar's fixed-window limiter on POST /console/sign-in alone (it is
+    mounted on the sign-in controller, and counts POSTs only), keyed on the
+    client's address as the server reports it, in each process's memory.
+    Every attempt counts, a right key included: a key guessed on attempt
+    N+1 is refused all the same."""
+    return RateLimitConfig(rate_limit=(SIGN_IN_WINDOW, per_minute), middleware_class=SignInLimiter,
+                           check_throttle_handler=_is_post, set_rate_limit_headers=False,
+                           store=SIGN_IN_STORE)
+
+
+def _is_post(request: Request[Any, Any, Any]) -> bool:
+    return request.method == "POST"
+
+
+class SignInLimiter(RateLimitMiddleware):
+    """Answers a plain page (429, Retry-After) instead of Litestar's JSON error."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except TooManyRequestsException:
+            await plain_page(scope, send, 429, "Too many sign-ins", SIGN_IN_LIMITED,
+                             ((b"retry-after", b"60"),))
