@@ -33,7 +33,7 @@ CL = {"Authorization": f"Bearer {CLIENT_KEY}"}
 DOCS = ROOT / "docs"
 
 __all__ = ["CL", "CLIENT_KEY", "DOCS", "LEAKS", "OP", "OPERATOR_KEY", "chromium_or_skip", "console_stack",
-           "leak_pattern"]
+           "leak_pattern", "notifier_process"]
 
 
 def leak_pattern(*secrets: str) -> re.Pattern[str]:
@@ -76,16 +76,16 @@ def fresh_database(server_url: str):
 
 
 @contextmanager
-def archiver_process(redis_url: str, database_url: str):
-    log = tempfile.NamedTemporaryFile(prefix="resv-archiver-", suffix=".log", delete=False)
-    proc = subprocess.Popen([sys.executable, "-m", "resv", "archiver"], cwd=ROOT, start_new_session=True,
-                            env=resv_env(redis_url, DATABASE_URL=database_url, RESV_ARCHIVER_INTERVAL_MS="100"),
-                            stdout=subprocess.DEVNULL, stderr=log)
+def resv_process(command: str, env: dict[str, str]):
+    """`resv COMMAND` in its own process group, stopped (SIGTERM, then SIGKILL) after."""
+    import signal
+
+    log = tempfile.NamedTemporaryFile(prefix=f"resv-{command}-", suffix=".log", delete=False)
+    proc = subprocess.Popen([sys.executable, "-m", "resv", command], cwd=ROOT, start_new_session=True,
+                            env=env, stdout=subprocess.DEVNULL, stderr=log)
     try:
         yield proc
     finally:
-        import signal
-
         try:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(10)
@@ -99,6 +99,17 @@ def archiver_process(redis_url: str, database_url: str):
         os.unlink(log.name)
 
 
+def archiver_process(redis_url: str, database_url: str):
+    return resv_process("archiver", resv_env(redis_url, DATABASE_URL=database_url,
+                                             RESV_ARCHIVER_INTERVAL_MS="100"))
+
+
+def notifier_process(redis_url: str, database_url: str, **settings: str):
+    """`resv notifier` on the stack's database, allowed to reach loopback receivers."""
+    return resv_process("notifier", resv_env(redis_url, DATABASE_URL=database_url, RESV_WEBHOOK_ALLOW_PRIVATE="1",
+                                             RESV_NOTIFIER_POLL_MS="100", **settings))
+
+
 @contextmanager
 def console_stack(redis_url: str, pg_url: str):
     """(base URL, database URL): the API with DATABASE_URL, and an archiver."""
@@ -110,7 +121,9 @@ def console_stack(redis_url: str, pg_url: str):
                                   env=resv_env(redis_url, DATABASE_URL=database_url), timeout=60)
         assert migrated.returncode == 0, migrated.stderr
         with archiver_process(redis_url, database_url), \
-                resv_serve(redis_url, DATABASE_URL=database_url, RESV_DURABILITY="relaxed") as base:
+                resv_serve(redis_url, DATABASE_URL=database_url, RESV_DURABILITY="relaxed",
+                           # loopback webhook receivers; the suite signs in from one address many times
+                           RESV_WEBHOOK_ALLOW_PRIVATE="1", RESV_CONSOLE_SIGN_IN_LIMIT="1000") as base:
             yield base, database_url
 
 

@@ -24,8 +24,10 @@ from tests.console_support import (
     console_stack,
     create_resource,
     docs_path,
+    notifier_process,
     wait_until,
 )
+from tests.webhook_support import Receiver
 
 pytestmark = pytest.mark.slow
 
@@ -296,6 +298,11 @@ def test_no_page_leaks_internals(stack, page):
     joined = httpx.post(base + "/waiting-list/join", headers=CL,
                         json={"resource_id": "leaky", "client_id": "bob", "quantity": 1})
     assert joined.status_code == 201, joined.text
+    made = httpx.post(base + "/webhooks", headers=OP, json={"url": "http://127.0.0.1:9/hook", "event_types": ["*"],
+                                                           "description": "nobody listens"})
+    assert made.status_code == 201, made.text
+    hook_id, secret = made.json()["webhook_id"], made.json()["secret"]
+    assert httpx.post(base + f"/webhooks/{hook_id}/test", headers=OP).status_code == 202
     visited = {}
     page.goto(base + "/console/sign-in")
     visited["sign-in"] = page.content()
@@ -312,14 +319,30 @@ def test_no_page_leaks_internals(stack, page):
         "no story": "/console/requests?request_id=never",
         "no page": "/console/nowhere",
         "lookup missing": "/console/resources?id=nope",
+        "webhooks": "/console/webhooks",
+        "deliveries": f"/console/webhooks/{hook_id}",
+        "failed deliveries": f"/console/webhooks/{hook_id}?status=FAILED",
+        "unknown endpoint": "/console/webhooks/wh_nothing",
+        "bad delivery cursor": f"/console/webhooks/{hook_id}?cursor=abc",
+        "bad delivery status": f"/console/webhooks/{hook_id}?status=LOST",
     }.items():
         answer = page.goto(base + path)
         visited[name] = page.content()
         assert answer.status < 500, (name, answer.status)
     assert "WAITING" in visited["resource"] and "bob" in visited["resource"]
     assert "RESERVATION_CONFIRMED" in visited["story"]
+    assert "nobody listens" in visited["webhooks"] and "webhook.test" in visited["deliveries"]
+    delivery_id = page.goto(base + f"/console/webhooks/{hook_id}") and \
+        page.locator("#deliveries tr").first.get_attribute("data-delivery-id")
+    token = page.locator("input[name=_csrf_token]").first.get_attribute("value")
+    for name, path in {"retry": f"/console/webhooks/{hook_id}/deliveries/{delivery_id}/retry",
+                       "retry unknown": f"/console/webhooks/{hook_id}/deliveries/msg_nothing/retry"}.items():
+        answer = page.request.post(base + path, form={"_csrf_token": token})
+        visited[name] = answer.text()
+        assert answer.status in (200, 404), (name, answer.status)
     for name, html in visited.items():
         assert not LEAKS.search(html), (name, LEAKS.search(html).group(0))
+        assert secret not in html and secret.removeprefix("whsec_") not in html, name
     # a refused change, malformed values, a stale version: words only
     for form in ({"action": "rules", "version": "1", "capacity": "-1"},
                  {"action": "rules", "version": "1", "capacity": "1", "closes_at": "tomorrow"},
@@ -333,6 +356,17 @@ def test_no_page_leaks_internals(stack, page):
         assert "Not" in answer.text()
 
 
+def tab_to(page, element_id: str, limit: int = 60) -> None:
+    """Presses Tab until the element has the focus, which must be visible."""
+    for _ in range(limit):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.id") == element_id:
+            style = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
+            assert style != "none", "the focus must be visible"
+            return
+    raise AssertionError(f"Tab never reached #{element_id}")
+
+
 def test_usable_with_the_keyboard_alone(stack, page):
     base, _, _ = stack
     create_resource(base, "keys", 3)
@@ -341,23 +375,14 @@ def test_usable_with_the_keyboard_alone(stack, page):
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/console/resources$"))
 
-    def tab_to(element_id: str, limit: int = 60) -> None:
-        for _ in range(limit):
-            page.keyboard.press("Tab")
-            if page.evaluate("document.activeElement.id") == element_id:
-                style = page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
-                assert style != "none", "the focus must be visible"
-                return
-        raise AssertionError(f"Tab never reached #{element_id}")
-
-    tab_to("lookup")
+    tab_to(page, "lookup")
     page.keyboard.type("keys")
     page.keyboard.press("Enter")
     page.wait_for_url(re.compile(r"/console/resources/keys$"))
-    tab_to("f-capacity")
+    tab_to(page, "f-capacity")
     page.keyboard.press("Control+A")
     page.keyboard.type("6")
-    tab_to("change-rules")
+    tab_to(page, "change-rules")
     page.keyboard.press("Enter")
     page.wait_for_selector("#confirm")
     assert page.evaluate("document.activeElement.id") == "confirm"
@@ -365,3 +390,64 @@ def test_usable_with_the_keyboard_alone(stack, page):
     page.wait_for_selector("#message")
     assert "RULES_CHANGED" in page.inner_text("#message")
     assert httpx.get(base + "/resources/keys", headers=OP).json()["capacity"] == 6
+
+
+def test_a_failed_delivery_is_seen_and_retried_with_the_keyboard(stack, page):
+    base, database_url, redis_url = stack
+    receiver = Receiver(lambda got, nth: (500, {}, 0.0))  # a real endpoint that always fails
+    try:
+        create_resource(base, "hooked", 5)
+        made = httpx.post(base + "/webhooks", headers=OP, json={
+            "url": receiver.url, "event_types": ["reservation.confirmed"], "resource_ids": ["hooked"]})
+        assert made.status_code == 201, made.text
+        hook_id, secret = made.json()["webhook_id"], made.json()["secret"]
+        deliveries = base + f"/webhooks/{hook_id}/deliveries"
+        # attempted at once and at the horizon (1 s), then FAILED
+        with notifier_process(redis_url, database_url, RESV_WEBHOOK_RETRY_HORIZON_S="1",
+                              RESV_WEBHOOK_TIMEOUT_S="2"):
+            assert httpx.post(base + "/reservations", headers={**CL, "Idempotency-Key": "hooked-1"},
+                              json={"resource_id": "hooked", "quantity": 1, "client_id": "kim"}).status_code == 201
+            [failed] = wait_until(lambda: [d for d in httpx.get(deliveries, headers=OP).json()["deliveries"]
+                                           if d["status"] == "FAILED"], what="the delivery FAILED")
+            attempts = failed["attempts"]
+            assert attempts >= 1 and failed["last_status_code"] == 500
+
+            page.goto(base + "/console/sign-in")
+            page.keyboard.type(OPERATOR_KEY)
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(r"/console/resources$"))
+            tab_to(page, "nav-webhooks")
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(r"/console/webhooks$"))
+            row = page.locator(f"tr[data-webhook-id='{hook_id}']")
+            assert receiver.url in row.inner_text() and "reservation.confirmed" in row.inner_text()
+            tab_to(page, f"hook-{hook_id}")
+            page.keyboard.press("Enter")
+            page.wait_for_url(re.compile(re.escape(f"/console/webhooks/{hook_id}") + "$"))
+            shown = page.locator(f"#deliveries tr[data-delivery-id='{failed['delivery_id']}']")
+            cells = shown.locator("td").all_inner_texts()
+            assert cells[1:7] == ["reservation.confirmed", "hooked", "FAILED", str(attempts), "500", "HTTP 500"]
+            assert secret not in page.content()
+            tab_to(page, f"retry-{failed['delivery_id']}")
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#confirm")
+            assert page.evaluate("document.activeElement.id") == "confirm"
+            assert httpx.get(deliveries, headers=OP).json()["deliveries"][0]["status"] == "FAILED"  # not yet
+            page.keyboard.press("Enter")
+            page.wait_for_selector("#message")
+            assert "Queued" in page.inner_text("#message")
+            # the notifier attempts it again (past its horizon: FAILED again, one attempt more)
+            wait_until(lambda: receiver_attempts(receiver) > attempts, what="the retried attempt")
+            again = wait_until(lambda: [d for d in httpx.get(deliveries, headers=OP).json()["deliveries"]
+                                        if d["status"] == "FAILED" and d["attempts"] == attempts + 1],
+                               what="the retry recorded")
+            assert again[0]["delivery_id"] == failed["delivery_id"]
+            page.click("#back")
+            page.wait_for_selector(f"#deliveries tr[data-delivery-id='{failed['delivery_id']}']")
+            assert shown.locator("td").nth(4).inner_text() == str(attempts + 1)
+    finally:
+        receiver.close()
+
+
+def receiver_attempts(receiver: Receiver) -> int:
+    return len(receiver.snapshot())
