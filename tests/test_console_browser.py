@@ -445,6 +445,11 @@ def test_a_failed_delivery_is_seen_and_retried_with_the_keyboard(stack, page):
             page.click("#back")
             page.wait_for_selector(f"#deliveries tr[data-delivery-id='{failed['delivery_id']}']")
             assert shown.locator("td").nth(4).inner_text() == str(attempts + 1)
+            # readable at 390 px: nothing wider than the window (the tables scroll in their box)
+            page.set_viewport_size({"width": 390, "height": 900})
+            for path in ("/console/webhooks", f"/console/webhooks/{hook_id}"):
+                page.goto(base + path)
+                assert page.evaluate("document.documentElement.scrollWidth") <= 390, path
     finally:
         receiver.close()
 
