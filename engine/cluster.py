@@ -50,6 +50,7 @@ from hiredis import pack_command
 from resv.engine.errors import EngineUnavailable, translate
 from resv.engine.lane import Batch, Call, Target
 from resv.engine.pipeline import Pipeliner, _fail
+from resv.engine.settings import Settings
 
 log = logging.getLogger("resv.engine")
 
@@ -79,6 +80,15 @@ async def is_cluster(url: str, mode: str, timeout: float) -> bool:
         return str((await client.info("cluster")).get("cluster_enabled", 0)) == "1"
     finally:
         await client.aclose()
+
+
+async def open_client(url: str, settings: Settings, **kwargs: Any) -> tuple[Redis | RedisCluster, Settings]:
+    """A decoding client for the parts that read the streams themselves (the
+    archiver, the tools): redis-py's cluster client on a cluster, with the
+    settings a cluster takes (Settings.for_cluster: the partition default)."""
+    if await is_cluster(url, settings.cluster, settings.socket_timeout):
+        return RedisCluster.from_url(url, decode_responses=True, **kwargs), settings.for_cluster()
+    return Redis.from_url(url, decode_responses=True, **kwargs), settings
 
 
 def node_url(url: str, host: str, port: int) -> str:
