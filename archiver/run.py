@@ -33,7 +33,7 @@ from resv.archiver.metrics import ArchiverMetrics
 from resv.archiver.migrate import apply_migrations
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.sweep import Sweeper
-from resv.engine import Engine
+from resv.engine import Engine, open_client
 from resv.engine import PartitionsMismatch, StateError, check_partitions, read_records
 from resv.engine.settings import Settings
 
@@ -61,6 +61,19 @@ def run(args: argparse.Namespace) -> int:
                              engine_settings=engine_settings))
 
 
+async def _open_redis(redis_url: str, settings: Settings) -> tuple[Redis, Settings]:
+    """The streams' client: redis-py's cluster client on a Redis Cluster
+    (RESV_REDIS_CLUSTER; auto asks the server, and waits for it to answer)."""
+    while True:
+        try:
+            return await open_client(redis_url, settings, socket_timeout=10, socket_connect_timeout=2)  # type: ignore[return-value]
+        except ValueError:
+            raise
+        except Exception as exc:
+            log.warning("archiver: Redis does not answer (%s: %s); asking again in 1 s", type(exc).__name__, exc)
+            await asyncio.sleep(1.0)
+
+
 def tune_gc() -> None:
     """A batch is some 10^5 short-lived, acyclic objects (entries, rows):
     with the default thresholds the cyclic collector runs every 700
@@ -77,10 +90,12 @@ async def serve(redis_url: str, database_url: str, partitions: int, settings: Ar
     metrics = ArchiverMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
-    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=2)
+    engine_settings = engine_settings or Settings(partitions=partitions)
+    redis, engine_settings = await _open_redis(redis_url, engine_settings)
+    partitions = engine_settings.partitions  # a cluster's default when RESV_PARTITIONS is unset
     pool = None
     # the sweep's commits go through the engine, like every other commit
-    engine = Engine(engine_settings or Settings(partitions=partitions), redis_url)
+    engine = Engine(engine_settings, redis_url)
     sweeper = Sweeper(engine, partitions)
 
     async def prepare() -> None:

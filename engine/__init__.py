@@ -23,6 +23,7 @@ from resv.engine.deployment import (
     new_deployment_id,
     read_records,
 )
+from resv.engine.cluster import open_client
 from resv.engine.durability import STRICT_SETTINGS, DurabilityError
 from resv.engine.engine import AuditMarks, Engine, Refusal
 from resv.engine.errors import (
@@ -47,6 +48,7 @@ from resv.engine.types import (
 )
 
 __all__ = [
+    "open_client",
     "BEHIND",
     "PUBLIC_MESSAGES",
     "STRICT_SETTINGS",

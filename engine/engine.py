@@ -16,12 +16,15 @@ from typing import Any
 import msgspec
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from resv.engine import keys
+from resv.engine.cluster import ClusterPipeliner, is_cluster
 from resv.engine.deployment import (
     AuditMark,
     EngineState,
@@ -30,7 +33,13 @@ from resv.engine.deployment import (
     check_state,
     read_records,
 )
-from resv.engine.durability import DurabilityError, check_durability, durability_problems, read_durability
+from resv.engine.durability import (
+    STRICT_SETTINGS,
+    DurabilityError,
+    check_durability,
+    durability_problems,
+    read_durability,
+)
 from resv.engine.errors import EngineError, EngineRefused, is_missing_function, translate
 from resv.engine.lane import Target
 from resv.engine.library import ensure_library, library_version
@@ -119,6 +128,18 @@ def _client(url: str, settings: Settings, retries: int, max_connections: int,
     return Redis(connection_pool=pool)
 
 
+def _cluster_client(url: str, settings: Settings, retries: int, max_connections: int) -> RedisCluster:
+    """redis-py's cluster client: it owns the topology (slots, MOVED, ASK,
+    TRYAGAIN, refresh after a failover). retries: of a call whose node
+    failed (0 for the calls that are not idempotent)."""
+    return RedisCluster.from_url(
+        url, decode_responses=True,
+        socket_timeout=settings.socket_timeout, socket_connect_timeout=settings.socket_timeout,
+        max_connections=max_connections,
+        retry=Retry(ExponentialBackoff(cap=0.25, base=0.02), retries),
+    )
+
+
 class Engine:
     def __init__(self, settings: Settings, url: str | None = None) -> None:
         url = url or settings.redis_url
@@ -133,7 +154,11 @@ class Engine:
         """Set by check_guard: why calls are refused now (None: they are not)."""
         self.state: EngineState | None = None
         """The last state check's result (check_guard)."""
-        self._checked_run_id: str | None = None  # the server check_guard last looked at
+        self._checked_run_ids: frozenset[str] | None = None  # the servers (primaries) check_guard last looked at
+        self.cluster: bool | None = None
+        """Whether the server is a Redis Cluster (RESV_REDIS_CLUSTER; None
+        until `discover` ran)."""
+        self._discovering = asyncio.Lock()
         self._server_changed = asyncio.Event()
         self._checked = asyncio.Event()  # set, then replaced, by each completed check
         self.redis = _client(url, settings, settings.retries, settings.max_connections, self._on_connect)
@@ -146,14 +171,81 @@ class Engine:
                                admit=self._admit_server,
                                wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
 
+    async def discover(self) -> bool:
+        """Finds out once whether the server is a cluster (RESV_REDIS_CLUSTER:
+        auto asks it with INFO cluster); on a cluster, switches to the
+        cluster clients and one lane per primary, and loads the library on
+        every primary. Every method that talks to Redis before a call does
+        it first; calls made before it go to the single-server path."""
+        if self.cluster is not None:
+            return self.cluster
+        async with self._discovering:
+            if self.cluster is not None:
+                return self.cluster
+            try:
+                found = await is_cluster(self.url, self.settings.cluster, self.settings.socket_timeout)
+                if found:
+                    await self._become_cluster()
+            except ValueError:
+                raise
+            except EngineError:
+                raise
+            except Exception as exc:
+                raise translate(exc) from exc
+            self.cluster = found
+            return found
+
+    async def _become_cluster(self) -> None:
+        before = self.settings
+        settings = self.settings = self.settings.for_cluster()
+        url = self.url
+        single = (self.redis, self._admin, self._checker)
+        self.redis = _cluster_client(url, settings, settings.retries, settings.max_connections)
+        self._admin = _cluster_client(url, settings, 0, 8)
+        self._checker = _cluster_client(url, settings, 0, 4)
+
+        def node_client(node: str) -> Redis:
+            return _client(node, settings, settings.retries, settings.max_connections, self._on_connect)
+
+        pipe = ClusterPipeliner(self.redis, url, node_client=node_client, on_primary=self._library_on,
+                                timeout=settings.socket_timeout, admit=self._admit_server,
+                                wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
+        try:
+            await pipe.start()
+        except BaseException:
+            await pipe.aclose()
+            for client in (self.redis, self._admin, self._checker):
+                await client.aclose()
+            self.redis, self._admin, self._checker = single
+            self.settings = before
+            raise
+        old, self._pipe = self._pipe, pipe
+        await old.aclose()
+        for client in single:
+            await client.aclose()
+            await client.connection_pool.disconnect()
+        log.info("engine: Redis Cluster with %d primaries, %d partitions", len(pipe.nodes), settings.partitions)
+
+    def _primaries(self) -> list[Redis]:
+        """One client per server holding data: every primary of a cluster,
+        or the one server."""
+        if self.cluster:
+            return self._pipe.primary_clients()  # type: ignore[union-attr]
+        return [self.redis]
+
     async def start(self) -> None:
-        await self.load_library()
+        if not await self.discover():  # a cluster loaded the library on every primary
+            await self.load_library()
 
     async def check_durability(self) -> dict[str, str]:
         """Raises DurabilityError under the strict profile when the server
         does not fsync every write before replying (docs/guarantees.md)."""
         try:
-            return await check_durability(self.redis, self.settings.durability)
+            await self.discover()
+            config: dict[str, str] = {}
+            for client in self._primaries():
+                config = await check_durability(client, self.settings.durability)
+            return config
         except DurabilityError:
             raise
         except Exception as exc:
@@ -170,14 +262,8 @@ class Engine:
         (no DATABASE_URL). Raises PartitionsMismatch, and EngineUnavailable
         when the server cannot be reached (`refusal` is then unchanged)."""
         try:
-            run_id = str((await self._checker.info("server")).get("run_id", ""))
-            write_problems: list[str] = []
-            if self.settings.durability == "strict":
-                try:
-                    write_problems = [f"RESV_DURABILITY=strict: {p}"
-                                      for p in durability_problems(await read_durability(self._checker))]
-                except DurabilityError as exc:
-                    write_problems = [str(exc)]
+            await self.discover()
+            run_ids, write_problems = await self._check_servers()
             marks, unreadable = None, None
             if audit is not None:
                 try:
@@ -203,17 +289,49 @@ class Engine:
         if state.written:
             log.info("engine: deployment %s recorded in %d partitions", state.deployment_id, len(state.written))
         self.state, self.refusal = state, refusal
-        self._checked_run_id = run_id
+        self._checked_run_ids = run_ids
         done, self._checked = self._checked, asyncio.Event()
         done.set()
         return refusal
+
+    async def _check_servers(self) -> tuple[frozenset[str], list[str]]:
+        """The run_id of every server holding data (each primary of a
+        cluster, read afresh) and, under the strict profile, the durability
+        settings each lost."""
+        strict = self.settings.durability == "strict"
+        if not self.cluster:
+            run_id = str((await self._checker.info("server")).get("run_id", ""))
+            problems: list[str] = []
+            if strict:
+                try:
+                    problems = [f"RESV_DURABILITY=strict: {p}"
+                                for p in durability_problems(await read_durability(self._checker))]
+                except DurabilityError as exc:
+                    problems = [str(exc)]
+            return frozenset({run_id}), problems
+        checker: Any = self._checker
+        await checker.nodes_manager.initialize()
+        run_ids: set[str] = set()
+        problems = []
+        for node in checker.get_primaries():
+            run_ids.add(str((await checker.execute_command("INFO", "server", target_nodes=node)).get("run_id", "")))
+            if not strict:
+                continue
+            where = f" on {node.name}"
+            try:
+                config = await checker.execute_command("CONFIG", "GET", *STRICT_SETTINGS, target_nodes=node)
+                config = {k: str(config.get(k, "")).lower() for k in STRICT_SETTINGS}
+                problems += [f"RESV_DURABILITY=strict: {p}{where}" for p in durability_problems(config)]
+            except ResponseError as exc:
+                problems.append(f"RESV_DURABILITY=strict: the server refuses CONFIG GET ({exc}){where}")
+        return frozenset(run_ids), problems
 
     async def guard_forever(self, audit: AuditMarks | None,
                             on_check: Callable[[Engine], None] | None = None) -> None:
         """check_guard every RESV_DURABILITY_CHECK_S, and at once when a
         connection meets a server not checked yet. Runs until cancelled."""
         interval = self.settings.durability_check_s
-        if self._checked_run_id is None:
+        if self._checked_run_ids is None:
             self._server_changed.set()  # never checked: at once
         while True:
             try:
@@ -243,6 +361,7 @@ class Engine:
         """Raises PartitionsMismatch when the deployment records name another
         RESV_PARTITIONS (reads only)."""
         try:
+            await self.discover()
             records, _ = await read_records(self._checker, self.settings.partitions)
         except Exception as exc:
             raise translate(exc) from exc
@@ -254,15 +373,15 @@ class Engine:
         checked is checked now; the connection waits for that, up to
         RESV_REDIS_TIMEOUT_S), and the state is not behind. No guard
         (check_guard never ran): every server is admitted."""
-        if self._checked_run_id is None:
+        if self._checked_run_ids is None:
             return
         found = _RUN_ID.search(info.decode() if isinstance(info, bytes) else str(info))
         run_id = found.group(1) if found else None
-        if run_id != self._checked_run_id:
+        if run_id not in self._checked_run_ids:
             self._server_changed.set()
             try:
                 async with asyncio.timeout(self.settings.socket_timeout):
-                    while run_id != self._checked_run_id:
+                    while run_id not in self._checked_run_ids:
                         await self._checked.wait()
             except TimeoutError:
                 raise RedisConnectionError("a Redis server the guard has not checked yet; checking it") from None
@@ -279,7 +398,7 @@ class Engine:
         check runs at once: nothing is sent to that server before it passed.
         While the state is behind, every new connection fails too."""
         await conn.on_connect()
-        if self._checked_run_id is None:
+        if self._checked_run_ids is None:
             return  # no guard (tools, tests driving the engine directly)
         await conn.send_command("INFO", "server")
         await self._admit_server(await conn.read_response())
@@ -290,8 +409,16 @@ class Engine:
             raise EngineRefused("; ".join(refusal.problems))
 
     async def load_library(self) -> bool:
+        """Loads the library where it is missing or older: on the server, or
+        on every primary of a cluster. True when it loaded somewhere."""
+        loaded = False
+        for client in self._primaries():
+            loaded = await self._library_on(client) or loaded
+        return loaded
+
+    async def _library_on(self, client: Redis) -> bool:
         try:
-            return await ensure_library(self.redis)
+            return await ensure_library(client)
         except Exception as exc:
             raise translate(exc) from exc
 
@@ -304,17 +431,21 @@ class Engine:
         process of the previous version started after this one, or lost the
         race at start) is upgraded again. A newer one is fine: it accepts
         this release's calls (docs/guarantees.md, Upgrades)."""
+        await self.discover()
+        if self.cluster:
+            await self._pipe.refresh()  # type: ignore[union-attr]  # a new primary gets the library
         command = ("FCALL_RO", "resv_version", 0)
-        try:
-            loaded = await self.redis.execute_command(*command)
-        except Exception as exc:
-            if not is_missing_function(exc):
-                raise
-            await self.load_library()
-            await self.redis.execute_command(*command)
-            return True
-        if str(loaded).isdigit() and int(loaded) < self._library_version:
-            await self.load_library()
+        for client in self._primaries():
+            try:
+                loaded = await client.execute_command(*command)
+            except Exception as exc:
+                if not is_missing_function(exc):
+                    raise
+                await self._library_on(client)
+                await client.execute_command(*command)
+                continue
+            if str(loaded).isdigit() and int(loaded) < self._library_version:
+                await self._library_on(client)
         return True
 
     async def aclose(self) -> None:
@@ -322,7 +453,8 @@ class Engine:
         # Redis(connection_pool=...) does not close a pool it did not create
         for client in (self.redis, self._admin, self._checker):
             await client.aclose()
-            await client.connection_pool.disconnect()
+            if not isinstance(client, RedisCluster):
+                await client.connection_pool.disconnect()
 
     async def __aenter__(self) -> Engine:
         await self.start()

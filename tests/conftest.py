@@ -27,6 +27,7 @@ import pytest
 import redis
 
 from resv.embedded import EmbeddedRedis, backend_binary, find_redis_server_binary
+from resv.embedded_cluster import EmbeddedCluster
 from resv.embedded_pg import EmbeddedPostgres
 from tests.support import OWN_SERVERS
 
@@ -81,6 +82,77 @@ def redis_backend(request: pytest.FixtureRequest) -> Iterator[EmbeddedRedis]:
         OWN_SERVERS.add(server.url)
         yield server
         OWN_SERVERS.discard(server.url)
+
+
+ENGINE_BACKENDS = [*BACKENDS, "cluster"]
+"""The engine's conformance runs: each server backend, and a Redis Cluster."""
+
+
+@pytest.fixture(scope="session", params=ENGINE_BACKENDS)
+def engine_backend(request: pytest.FixtureRequest) -> Iterator[SimpleNamespace]:
+    """A started server of each backend, then the session cluster: `url`,
+    `name`, `cluster` (the EmbeddedCluster, or None)."""
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        yield SimpleNamespace(url=cluster.url, name="cluster", cluster=cluster)
+        return
+    with EmbeddedRedis(backend_binary(request.param)) as server:
+        OWN_SERVERS.add(server.url)
+        yield SimpleNamespace(url=server.url, name=request.param, cluster=None)
+        OWN_SERVERS.discard(server.url)
+
+
+def sync_client(backend: SimpleNamespace) -> Any:
+    """A decoding client of the backend: redis.RedisCluster on a cluster."""
+    if backend.cluster is not None:
+        return redis.RedisCluster.from_url(backend.url, decode_responses=True)
+    return redis.Redis.from_url(backend.url, decode_responses=True)
+
+
+def empty_backend(backend: SimpleNamespace) -> None:
+    """FLUSHALL on the server or on every primary, then the library loaded
+    on each (as a process that starts finds it)."""
+    from resv.engine.library import library_source
+
+    if backend.cluster is None:
+        clients = [redis.Redis.from_url(backend.url, decode_responses=True)]
+    else:
+        clients = [backend.cluster.client(node) for node in backend.cluster.primary_nodes()]
+    for client in clients:
+        try:
+            client.flushall()
+            client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A Redis Cluster of the suite's server binary (valkey): 3 primaries with
+    one replica each, cluster-node-timeout 1500 ms, on free loopback ports
+    whose bus ports (port + 10000) are free too. Tests that kill a node
+    start a cluster of their own."""
+    with EmbeddedCluster(node_timeout_ms=1500) as cluster:
+        OWN_SERVERS.update(cluster.urls)
+        yield cluster
+        OWN_SERVERS.difference_update(cluster.urls)
+
+
+@pytest.fixture
+def redis_cluster_url(redis_cluster: EmbeddedCluster) -> str:
+    """URL of the session cluster's first primary, every primary flushed
+    (the library stays loaded)."""
+    flush_cluster(redis_cluster)
+    return redis_cluster.url
+
+
+def flush_cluster(cluster: EmbeddedCluster) -> None:
+    for node in cluster.primary_nodes():
+        client = cluster.client(node)
+        try:
+            client.flushall()
+        finally:
+            client.close()
 
 
 @pytest.fixture(scope="session")

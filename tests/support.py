@@ -73,7 +73,11 @@ def reserve(r: redis.Redis, rid: str, client: str, qty: int | str, request_id: s
 def snapshot(r: redis.Redis, *, streams: bool = True) -> dict[str, Any]:
     """Every key's type and full value (streams as their entries)."""
     out: dict[str, Any] = {}
-    for key in sorted(r.keys("*")):
+    if isinstance(r, redis.RedisCluster):  # every primary's keys
+        found = r.keys("*", target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        found = r.keys("*")
+    for key in sorted(found):
         kind = _s(r.type(key))
         if kind == "string":
             value = r.get(key)

@@ -1,5 +1,6 @@
-"""Many concurrent commits on real servers (Valkey, and Redis when a
-redis-server >= 7 is installed): one winner per unit of capacity."""
+"""Many concurrent commits on real servers (Valkey, Redis when a
+redis-server >= 7 is installed, and a Valkey cluster of 3 primaries): one
+winner per unit of capacity."""
 
 from __future__ import annotations
 
@@ -7,12 +8,13 @@ import asyncio
 import uuid
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from resv.engine import Engine, ResourceSpec, Settings, keys
-from resv.engine.library import library_source
+from tests.conftest import empty_backend, sync_client
 from tests.report import record
-from tests.support import PARTITIONS, events, own
+from tests.support import PARTITIONS, events
 
 
 def check_stream(sync_redis, resource_id: str, capacity: int, calls: int) -> None:
@@ -27,14 +29,20 @@ def check_stream(sync_redis, resource_id: str, capacity: int, calls: int) -> Non
         assert int(e["remaining"]) == capacity - booked
     ts = [int(e["ts"]) for e in evs]
     assert ts == sorted(ts)
-    server = sync_redis.info("server").get("server_name") or "redis"
+    if isinstance(sync_redis, redis.RedisCluster):
+        server = "a cluster of 3 primaries"
+    else:
+        server = sync_redis.info("server").get("server_name") or "redis"
     record(f"contention on {server}: {calls} calls for {capacity} seats", requests=calls,
            decisions=len(evs), overbooked=0, duplicated=0, lost=0)
 
 
-async def reserve_over_connections(url: str, resource_id: str, calls: int, connections: int):
-    """`calls` reserve FCALLs spread over `connections` separate connections."""
-    clients = [aioredis.Redis.from_url(url, decode_responses=True, single_connection_client=True)
+async def reserve_over_connections(url: str, resource_id: str, calls: int, connections: int, *,
+                                   cluster: bool = False):
+    """`calls` reserve FCALLs spread over `connections` separate connections
+    (cluster: separate cluster clients, each its own connections)."""
+    clients = [aioredis.RedisCluster.from_url(url, decode_responses=True) if cluster else
+               aioredis.Redis.from_url(url, decode_responses=True, single_connection_client=True)
                for _ in range(connections)]
 
     async def one(i: int):
@@ -60,13 +68,11 @@ async def reserve_over_connections(url: str, resource_id: str, calls: int, conne
 
 
 @pytest.fixture
-def backend(redis_backend):
-    import redis
-
-    sync = redis.Redis.from_url(redis_backend.url, decode_responses=True)
-    own(sync).flushall()
-    sync.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
-    yield redis_backend.url, sync
+def backend(engine_backend):
+    """(url, sync client) of each backend and of the cluster, emptied."""
+    empty_backend(engine_backend)
+    sync = sync_client(engine_backend)
+    yield engine_backend.url, sync
     sync.close()
 
 
@@ -74,7 +80,7 @@ async def test_thousand_calls_fifty_connections_hundred_seats(backend):
     url, sync = backend
     async with Engine(Settings(redis_url=url, partitions=PARTITIONS)) as engine:
         await engine.create_resource(ResourceSpec(resource_id="hall", type="meetup", capacity=100))
-    results = await reserve_over_connections(url, "hall", 1000, 50)
+    results = await reserve_over_connections(url, "hall", 1000, 50, cluster=isinstance(sync, redis.RedisCluster))
     confirmed = [d for d in results if d["decision"] == "CONFIRMED"]
     rejected = [d for d in results if d["decision"] == "REJECTED"]
     assert len(confirmed) == 100
@@ -99,7 +105,7 @@ async def test_same_request_id_twenty_times_concurrently(backend):
     settings = Settings(redis_url=url, partitions=PARTITIONS)
     # separate engines: separate connections, truly concurrent
     engines = [Engine(settings) for _ in range(20)]
-    await engines[0].start()
+    await asyncio.gather(*(e.start() for e in engines))
     await engines[0].create_resource(ResourceSpec(resource_id="idem", type="meetup", capacity=50))
     try:
         results = await asyncio.gather(*(e.reserve("idem", "alice", 2, "same-request") for e in engines))

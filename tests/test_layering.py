@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PARTS = {"engine": "resv.engine", "api": "resv.api", "archiver": "resv.archiver", "notifier": "resv.notifier"}
-COMPOSITION = ("resv.cli", "resv.commands", "resv.embedded", "resv.embedded_pg", "resv.scratch", "resv.demo")
+COMPOSITION = ("resv.cli", "resv.commands", "resv.embedded", "resv.embedded_pg", "resv.embedded_cluster", "resv.scratch", "resv.demo")
 ENGINE_PUBLIC = {"resv.engine", "resv.engine.types", "resv.engine.codes", "resv.engine.errors",
                  "resv.engine.keys", "resv.engine.settings"}
 

@@ -4,19 +4,28 @@ rejection path. A rejection changes nothing but its one logged event."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis
 
+from tests.conftest import empty_backend
 from tests.support import as_dict, create, events, fcall, reserve, rkeys, snapshot, wkeys
 
 
-@pytest.fixture
-def r(redis_url: str):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+@pytest.fixture(params=["server", "cluster"])
+def r(request: pytest.FixtureRequest):
+    """A client of the session server, or of the session cluster (every key
+    of a call in one slot; reads of the keyspace gather every primary)."""
     from resv.engine.library import library_source
 
-    client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        empty_backend(SimpleNamespace(url=cluster.url, cluster=cluster))
+        client = redis.RedisCluster.from_url(cluster.url, decode_responses=True)
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+        client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     yield client
     client.close()
 
@@ -230,6 +239,7 @@ def test_waitlist_join_position_leave(r):
     ],
 )
 def test_waitlist_join_rejections_change_nothing(r, setup, reason, code):
+    setup = dict(setup)  # the parameter is shared by the server and cluster runs
     closed = setup.pop("closed", False)
     create(r, "wj", 1, **setup)
     if closed:

@@ -7,12 +7,12 @@ import argparse
 import asyncio
 import sys
 
-from redis.asyncio import Redis
 
 from resv.archiver.db import open_pool
 from resv.archiver.restore import RestoreError, RestoreReport, restore
 from resv.archiver.settings import ArchiverSettings
 from resv.engine import LibraryVersionError
+from resv.engine import open_client
 from resv.engine.settings import Settings
 from resv.scratch import scratch_server
 
@@ -46,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(redis_url: str, database_url: str, settings: Settings) -> RestoreReport:
-    target = Redis.from_url(redis_url, decode_responses=True)
+    target, settings = await open_client(redis_url, settings)  # a cluster's client on a cluster
     pool = await open_pool(database_url, max_size=1)
     try:
         return await restore(target, pool, settings.partitions, scratch_server=scratch_server,

@@ -11,13 +11,13 @@ import sys
 
 import psycopg
 from psycopg_pool import PoolTimeout
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from resv.archiver.db import open_pool
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.verify import VerifyReport, verify
 from resv.engine import BEHIND, PartitionsMismatch
+from resv.engine import open_client
 from resv.engine.settings import Settings
 from resv.scratch import scratch_server
 
@@ -62,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
 
 async def _run(redis_url: str | None, database_url: str | None, settings: Settings,
                resource_id: str | None) -> VerifyReport:
-    live = Redis.from_url(redis_url, decode_responses=True) if redis_url else None
+    live = None
+    if redis_url:  # a cluster's client on a cluster
+        live, settings = await open_client(redis_url, settings)
     pool = await open_pool(database_url, max_size=1) if database_url else None
     try:
         return await verify(live, pool, settings.partitions, resource_id=resource_id,
