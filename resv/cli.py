@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "verify": ("resv.commands.verify", "replay the audit through the Lua and compare every decision"),
     "restore": ("resv.commands.restore", "rebuild the engine state in an empty Redis from the audit"),
     "start-over": ("resv.commands.start_over", "after a Redis data loss: start a new deployment instead of restoring"),
+    "partitions": ("resv.commands.partitions", "print the cluster slot each partition takes, and the share of each shard"),
     "keys": ("resv.commands.keys", "print the keys a resource's calls take (for redis-cli FCALL)"),
 }
 

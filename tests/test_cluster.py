@@ -138,3 +138,17 @@ async def test_every_primary_runs_this_release(redis_cluster, redis_cluster_url)
             listing = c.execute_command("FUNCTION", "LIST", "LIBRARYNAME", "resv", "WITHCODE")
             assert [lib["library_code"] for lib in listing] == [library_source()]
             c.close()
+
+
+def test_resv_partitions_prints_each_partitions_slot(capsys):
+    from resv.cli import main
+    from resv.embedded_cluster import slot_ranges
+
+    assert main(["partitions", "--partitions", "16", "--shards", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    slots = partition_slots(16)
+    assert lines[:16] == [f"p{p}\tslot {s}\tshard {next(i for i, (a, b) in enumerate(slot_ranges(3)) if a <= s <= b)}"
+                          for p, s in enumerate(slots)]
+    assert slots[0] == slot_of("resv:{p0}:events")
+    counts = [int(line.split(": ")[2].split()[0]) for line in lines[16:]]
+    assert counts == [4, 5, 7]
