@@ -159,9 +159,10 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
         guard = None
         try:
             # The audit's read side (/ops, /ready's lag, the guard's audit
-            # marks): its own Redis client and, with DATABASE_URL, a pool
-            # opened without waiting (the API commits without PostgreSQL).
-            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings.partitions)
+            # marks): its own Redis client (a cluster's client on a cluster)
+            # and, with DATABASE_URL, a pool opened without waiting (the API
+            # commits without PostgreSQL).
+            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings)
             marks = audit.marks if audit.has_audit else None
             try:
                 await prepare(owned, marks)  # DurabilityError, PartitionsMismatch stop the start-up
