@@ -175,6 +175,38 @@ class EmbeddedCluster:
                 c.close()
         raise LookupError(f"no primary serves slot {slot}")
 
+    def move_slots(self, first: int, last: int, target: EmbeddedRedis, *, batch: int = 200,
+                   timeout_ms: int = 5000) -> int:
+        """Moves slots first..last, all served by one primary, to the primary
+        `target`, one slot at a time as `redis-cli --cluster reshard` does:
+        IMPORTING on the target, MIGRATING on the source, MIGRATE of the
+        slot's keys `batch` at a time, then SETSLOT NODE on the target, the
+        source and every other primary. Returns the keys moved. While a slot
+        moves, a call that finds only part of its keys gets TRYAGAIN, and one
+        whose keys have all left gets ASK."""
+        source = self.owner(first)
+        if source is target:
+            return 0
+        if self.owner(last) is not source:
+            raise ValueError(f"slots {first}-{last} are not all served by one primary")
+        src, dst = self.client(source), self.client(target)
+        others = [self.client(n) for n in self.primary_nodes() if n is not source and n is not target]
+        moved = 0
+        try:
+            src_id, dst_id = src.execute_command("CLUSTER", "MYID"), dst.execute_command("CLUSTER", "MYID")
+            for slot in range(first, last + 1):
+                dst.execute_command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+                src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+                while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, batch):
+                    src.execute_command("MIGRATE", "127.0.0.1", target.port, "", 0, timeout_ms, "KEYS", *keys)
+                    moved += len(keys)
+                for c in (dst, src, *others):  # the target first: it bumps its epoch
+                    c.execute_command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        finally:
+            for c in (src, dst, *others):
+                c.close()
+        return moved
+
     def close(self) -> None:
         for node in self.nodes:
             node.close()

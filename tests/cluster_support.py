@@ -67,3 +67,41 @@ def as_json(response: Any) -> Any:
         return response.json()
     except ValueError:
         return response.text
+
+
+def cluster_events(cluster: EmbeddedCluster, partitions: int, resource_ids: list[str]) -> list[dict[str, str]]:
+    """Every event of the resources' partition streams, in stream order per
+    partition, read from whichever primary holds each."""
+    import redis
+
+    wanted = set(resource_ids)
+    client = redis.RedisCluster(host="127.0.0.1", port=cluster.primary_nodes()[0].port, decode_responses=True)
+    out = []
+    try:
+        for p in sorted({keys.partition_of(rid, partitions) for rid in resource_ids}):
+            for sid, fields in client.xrange(keys.stream_key(p)):
+                if fields.get("resource_id") in wanted:
+                    out.append({**fields, "stream_id": sid})
+    finally:
+        client.close()
+    return out
+
+
+async def wait_until(check: Any, what: str, timeout: float = 60.0, pause: float = 0.1) -> Any:
+    """Polls `check` (a plain function, run in a thread: it may talk to the
+    nodes with a blocking client) until it returns something true. Bounded
+    and generous: a loaded 2-core machine is slow, never wrong."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found = await asyncio.to_thread(check)
+        except Exception:  # noqa: BLE001 - a node down or busy: ask again
+            found = None
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
+        await asyncio.sleep(pause)
