@@ -27,6 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="API port (a free one if taken)")
     parser.add_argument("--data-dir", default=".resv", help="where embedded servers keep their data")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--cluster", action="store_true",
+                        help="a temporary local Valkey cluster (3 primaries, 1 replica each) instead of one server")
 
 
 def _port_free(host: str, port: int) -> bool:
@@ -54,16 +56,30 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data_dir).resolve()
     notes: list[str] = []
     with ExitStack() as stack:
-        if not env.get("REDIS_URL"):
+        temporary = False
+        if env.get("REDIS_URL") and args.cluster:
+            notes.append("REDIS_URL is set: --cluster starts no cluster (the engine finds a cluster by itself)")
+        if not env.get("REDIS_URL") and args.cluster:
+            from resv.embedded_cluster import EmbeddedCluster
+
+            print("resv demo: forming a local Valkey cluster (3 primaries, 1 replica each)...", flush=True)
+            cluster = stack.enter_context(EmbeddedCluster(primaries=3, replicas=1))
+            env["REDIS_URL"] = cluster.url
+            temporary = True
+            ports = ", ".join(str(n.port) for n in cluster.nodes[:cluster.primaries])
+            notes.append(f"embedded Valkey cluster, primaries on 127.0.0.1 ports {ports}, one replica each "
+                         "(AOF, appendfsync always; temporary: removed when the demo stops)")
+        elif not env.get("REDIS_URL"):
             server = stack.enter_context(EmbeddedRedis(data_dir=_mkdir(data / "redis")))
             env["REDIS_URL"] = server.url
             notes.append(f"embedded Valkey at {server.url} (AOF, appendfsync always; data in {server.data_dir})")
         if not env.get("DATABASE_URL"):
             from resv.embedded_pg import EmbeddedPostgres
 
-            pg = stack.enter_context(EmbeddedPostgres(data_dir=data / "postgres"))
+            pg = stack.enter_context(EmbeddedPostgres(data_dir=None if temporary else data / "postgres"))
             env["DATABASE_URL"] = pg.url
-            notes.append(f"embedded PostgreSQL at {pg.url} (data in {pg.data_dir})")
+            notes.append(f"embedded PostgreSQL at {pg.url} "
+                         + ("(temporary, like the cluster)" if temporary else f"(data in {pg.data_dir})"))
         if not env.get("RESV_API_KEYS"):
             env["RESV_API_KEYS"] = f"operator:op-{secrets.token_hex(8)},client:web-{secrets.token_hex(8)}"
             notes.append("generated API keys (set RESV_API_KEYS to choose your own)")
@@ -84,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if not _wait_http(base + "/health"):
             print("resv demo: the API did not come up; see the messages above", file=sys.stderr)
             return 1
-        print(_usage(base, env, notes), flush=True)
+        print(_usage(base, env, notes, cluster=temporary), flush=True)
         return _wait(children)
 
 
@@ -122,10 +138,11 @@ def _stop_all(children: list[subprocess.Popen]) -> None:
             child.kill()
 
 
-def _usage(base: str, env: dict[str, str], notes: list[str]) -> str:
+def _usage(base: str, env: dict[str, str], notes: list[str], cluster: bool = False) -> str:
     keys = dict(pair.split(":", 1) for pair in env["RESV_API_KEYS"].split(",") if ":" in pair)
     op, client = keys.get("operator", "OPERATOR_KEY"), keys.get("client", "CLIENT_KEY")
     lines = "\n".join(f"  - {n}" for n in notes)
+    cluster_note = "; a cluster: redis-cli -c, and `resv partitions` for the slots" if cluster else ""
     return f"""
 resv is running.
 {lines}
@@ -154,6 +171,6 @@ Webhooks (signed, from the audit; `resv listen` verifies and prints each event):
   {sys.executable} -m resv listen --port 9000 --secret <the "secret" it answered>
 
 Audit in PostgreSQL: psql "{env['DATABASE_URL']}" -c 'select * from events order by ms, seq'
-Redis functions directly: see lua/README.md (server {env['REDIS_URL']}).
+Redis functions directly: see lua/README.md (server {env['REDIS_URL']}{cluster_note}).
 Ctrl-C stops everything.
 """
