@@ -119,6 +119,15 @@ class NodePipeliner(Pipeliner):
         self.node = node
         self._on_redirect = on_redirect
 
+    def call(self, *command: Any) -> asyncio.Future:
+        if not self._closed:
+            return super().call(*command)
+        # a primary retired by a topology refresh: the router finds the slot's owner
+        future = asyncio.get_running_loop().create_future()
+        self._on_redirect([(command, pack_command(command), future)],
+                          EngineUnavailable(f"{self.node.name} no longer serves the slot"))
+        return future
+
     def resend(self, call: Call) -> None:
         """Queues a call made elsewhere (its future is already awaited)."""
         if self._closed:
@@ -229,7 +238,7 @@ class ClusterPipeliner:
             attempt = self._attempts.get(future, 0)
             if attempt >= MAX_REROUTES:
                 self._attempts.pop(future, None)
-                _fail_all([call], error or EngineUnavailable("no primary serves the slot"))
+                _fail_all([call], _unavailable(error))
                 continue
             if attempt == 0:
                 future.add_done_callback(self._forget)
@@ -292,9 +301,13 @@ class ClusterPipeliner:
 
     async def _adopt(self) -> None:
         primaries = {node.name: node for node in self.cluster.get_primaries()}
-        for name in set(self.nodes) - set(primaries):
-            node = self.nodes.pop(name)
-            log.warning("Redis Cluster: %s is no longer a primary", name)
+        retired = [self.nodes.pop(name) for name in set(self.nodes) - set(primaries)]
+        if retired:
+            # at once, before the awaits below (a new primary's library, the
+            # guard's check of it): no call is routed to a retired primary
+            self._routes = [None] * SLOTS
+        for node in retired:
+            log.warning("Redis Cluster: %s is no longer a primary", node.node.name)
             self._spawn(node.aclose())
         for name, node in primaries.items():
             if name in self.nodes:
@@ -339,6 +352,18 @@ class ClusterPipeliner:
 
 def _target(url: str, node: ClusterNode) -> Target:
     return Target.from_url(node_url(url, node.host, node.port))
+
+
+def _unavailable(error: BaseException | None) -> EngineUnavailable:
+    """What a call gets when its re-sends ran out: the slot had no primary
+    that answered in time (a failover, a slot moving), whatever the last
+    reply was (a MOVED included): a 503, retried with the same request id."""
+    if isinstance(error, EngineUnavailable):
+        return error
+    out = EngineUnavailable(f"no primary answered for the slot after {MAX_REROUTES} re-sends"
+                            + (f" ({type(error).__name__}: {error})" if error is not None else ""))
+    out.__cause__ = error
+    return out
 
 
 def _fail_all(calls: Batch, error: BaseException) -> None:

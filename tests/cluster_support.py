@@ -105,3 +105,15 @@ async def wait_until(check: Any, what: str, timeout: float = 60.0, pause: float 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting until {what}")
         await asyncio.sleep(pause)
+
+
+def server_warnings(log: Any, lines: int = 80) -> str:
+    """The last warnings and errors of a `resv serve` log (not its request lines)."""
+    from pathlib import Path
+
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    kept = [line for line in text.splitlines() if '"msg":"request"' not in line]
+    return "\n".join(kept[-lines:])

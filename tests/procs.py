@@ -27,11 +27,13 @@ def resv_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def resv_serve(redis_url: str, workers: int = 1, **extra_env: str):
-    """Starts `resv serve` on a free port; yields its base URL; kills it after."""
+def resv_serve(redis_url: str, workers: int = 1, *, log_to: Path | None = None, **extra_env: str):
+    """Starts `resv serve` on a free port; yields its base URL; kills it after.
+    log_to: keep the server's log (stderr) there, for a test to show."""
     port = free_port()
     # The operator log goes to a file: an unread pipe would fill and block the server.
-    log = tempfile.NamedTemporaryFile(prefix="resv-serve-", suffix=".log", delete=False)
+    log = open(log_to, "wb") if log_to is not None else \
+        tempfile.NamedTemporaryFile(prefix="resv-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen(
         [sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", str(port),
          "--workers", str(workers)],
@@ -66,4 +68,5 @@ def resv_serve(redis_url: str, workers: int = 1, **extra_env: str):
                 pass
             proc.wait(5)
         log.close()
-        os.unlink(log.name)
+        if log_to is None:
+            os.unlink(log.name)

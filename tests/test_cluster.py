@@ -152,3 +152,39 @@ def test_resv_partitions_prints_each_partitions_slot(capsys):
     assert slots[0] == slot_of("resv:{p0}:events")
     counts = [int(line.split(": ")[2].split()[0]) for line in lines[16:]]
     assert counts == [4, 5, 7]
+
+
+async def test_a_call_whose_re_sends_run_out_is_unavailable_not_an_error(redis_cluster_url, monkeypatch):
+    """A MOVED that still redirects when the re-sends are spent (a failover
+    slower than them) is a 503 to retry with the same request id, not a 500."""
+    from resv.engine import EngineUnavailable
+    from resv.engine import cluster as cluster_module
+
+    async with Engine(Settings(redis_url=redis_cluster_url, partitions=PARTITIONS)) as engine:
+        rid = "spent"
+        await engine.create_resource(ResourceSpec(resource_id=rid, type="meetup", capacity=5))
+        slot = slot_of(keys.resource_keys(rid, PARTITIONS)[0])
+        owner = engine._pipe._owner(slot)
+        engine._pipe._routes[slot] = next(p for p in engine._pipe.nodes.values() if p is not owner)
+        monkeypatch.setattr(cluster_module, "MAX_REROUTES", 0)
+        with pytest.raises(EngineUnavailable, match="MovedError"):
+            await engine.reserve(rid, "alice", 1, "r-1")
+        monkeypatch.undo()
+        assert (await engine.reserve(rid, "alice", 1, "r-1")).confirmed  # the retry with the same id
+
+
+async def test_a_call_routed_to_a_retired_primary_finds_the_slots_owner(redis_cluster_url):
+    """Between a refresh that retires a primary and the end of that refresh
+    (a new primary's library, the guard's check), a call that took the old
+    route is sent to the slot's owner, not failed."""
+    async with Engine(Settings(redis_url=redis_cluster_url, partitions=PARTITIONS)) as engine:
+        rid = "retired"
+        await engine.create_resource(ResourceSpec(resource_id=rid, type="meetup", capacity=5))
+        slot = slot_of(keys.resource_keys(rid, PARTITIONS)[0])
+        old = engine._pipe._owner(slot)
+        engine._pipe.nodes.pop(old.node.name)
+        await old.aclose()
+        engine._pipe._routes[slot] = old  # the route a call read before the refresh reset it
+        d = await engine.reserve(rid, "alice", 2, "r-1")
+        assert d.confirmed
+        assert engine._pipe._owner(slot) is not old

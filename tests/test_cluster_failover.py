@@ -1,7 +1,9 @@
 """Failover on a Redis Cluster under HTTP load: `kill -9` of a primary while
-clients reserve through a real `resv serve`; its replica is promoted
-(cluster-node-timeout 1500 ms), the dead node is restarted and comes back
-as the new primary's replica.
+clients reserve through a real `resv serve` and a real `resv archiver`
+drains into PostgreSQL (so the API's state-loss guard compares the promoted
+replica with the audit); the replica is promoted (cluster-node-timeout
+1500 ms), the dead node is restarted and comes back as the new primary's
+replica.
 
 With RESV_WAIT_REPLICAS=1 no CONFIRMED answer is lost: a commit is answered
 only once the replica holds it, and the replica is what is promoted. Without
@@ -28,11 +30,20 @@ import httpx
 import pytest
 
 from resv.embedded_cluster import EmbeddedCluster, slot_ranges
+from resv.engine.keys import partition_of
 from resv.engine.settings import CLUSTER_PARTITIONS
-from tests.cluster_support import cluster_events, shard_of_slot, slot_of_resource, spread_ids, wait_until
+from tests.cluster_support import (
+    cluster_events,
+    server_warnings,
+    shard_of_slot,
+    slot_of_resource,
+    spread_ids,
+    wait_until,
+)
 from tests.history import Observation, check
 from tests.procs import CLIENT_KEY, OPERATOR_KEY, resv_serve
 from tests.report import record
+from tests.test_faults_api import archiver_process
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +51,7 @@ OP = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 CL = {"Authorization": f"Bearer {CLIENT_KEY}"}
 
 RESOURCES = 9  # 3 per shard
+VICTIM_SHARD = 1
 CAPACITIES = (30, 120, 1000)
 """Per shard, one resource of each: the small ones fill before the kill
 (capacity is tested), the large ones confirm through the whole run (lost
@@ -94,21 +106,28 @@ class Load:
             self.observations.append(Observation(key, rid, answer, reservation_id))
 
 
-def cluster_for_failover() -> EmbeddedCluster:
-    return EmbeddedCluster(node_timeout_ms=1500)
+@dataclass
+class Run:
+    """What one failover run leaves for the checks."""
+
+    audit: list[dict] = field(default_factory=list)
+    """Every event of the resources, from PostgreSQL (the archiver trims the streams)."""
+    tail: list[dict] = field(default_factory=list)
+    """What the streams still hold at the end."""
+    states: dict = field(default_factory=dict)
+    killed_at: float = 0.0
+    promoted_at: float = 0.0
 
 
-@pytest.mark.parametrize("wait_replicas", [1, 0], ids=["WAIT-1", "no-WAIT"])
-async def test_kill_9_of_a_primary_under_http_load(wait_replicas):
-    rids = spread_ids("fo", RESOURCES, CLUSTER_PARTITIONS)  # shard 0, 1, 2, 0, 1, 2, ...
-    capacity = {rid: CAPACITIES[i // 3] for i, rid in enumerate(rids)}
-    victim_shard = 1
-    on_victim = [rid for rid in rids if shard_of_slot(slot_of_resource(rid, CLUSTER_PARTITIONS)) == victim_shard]
-    assert len(on_victim) == RESOURCES // 3
-    slot = slot_ranges(3)[victim_shard][0]
-    load = Load()
-    with cluster_for_failover() as cluster, \
-            resv_serve(cluster.url, workers=1, RESV_WAIT_REPLICAS=str(wait_replicas)) as base:
+async def failover(load: Load, rids: list[str], capacity: dict[str, int], wait_replicas: int,
+                   database_url: str, serve_log) -> Run:
+    on_victim = [rid for rid in rids if shard_of_slot(slot_of_resource(rid, CLUSTER_PARTITIONS)) == VICTIM_SHARD]
+    slot = slot_ranges(3)[VICTIM_SHARD][0]
+    run = Run()
+    with EmbeddedCluster(node_timeout_ms=1500) as cluster, \
+            resv_serve(cluster.url, workers=1, log_to=serve_log, DATABASE_URL=database_url,
+                       RESV_WAIT_REPLICAS=str(wait_replicas)) as base, \
+            archiver_process(cluster.url, database_url) as archiver:
         limits = httpx.Limits(max_connections=CLIENTS + 4)
         async with httpx.AsyncClient(base_url=base, timeout=30, limits=limits) as http:
             for rid in rids:
@@ -120,10 +139,10 @@ async def test_kill_9_of_a_primary_under_http_load(wait_replicas):
                 await wait_until(lambda: len(load.decided_at) >= 200, "200 decisions before the kill")
                 victim = cluster.owner(slot)
                 victim.kill()  # SIGKILL: a crash, nothing flushed
-                killed_at = time.monotonic()
+                run.killed_at = time.monotonic()
                 promoted = await wait_until(lambda: (n := cluster.owner(slot)) is not victim and n,
                                             "the replica is promoted")
-                promoted_at = time.monotonic()
+                run.promoted_at = time.monotonic()
                 await asyncio.to_thread(victim.restart)  # the operator brings the dead node back
                 await asyncio.to_thread(cluster.wait_ok, 60)  # ... as the new primary's replica
                 assert cluster.owner(slot) is promoted
@@ -135,10 +154,37 @@ async def test_kill_9_of_a_primary_under_http_load(wait_replicas):
             finally:
                 load.stop.set()
                 await asyncio.gather(*clients)
-            states = {rid: (await http.get(f"/resources/{rid}", headers=OP)).json() for rid in rids}
-        log = cluster_events(cluster, CLUSTER_PARTITIONS, rids)
+            run.states = {rid: (await http.get(f"/resources/{rid}", headers=OP)).json() for rid in rids}
+        await asyncio.to_thread(archiver.drain_to_the_end)
+        run.tail = cluster_events(cluster, CLUSTER_PARTITIONS, rids)
+    run.audit = await audit_events(database_url, rids)
+    return run
 
-    report = check(load.observations, log, capacity)
+
+async def audit_events(database_url: str, rids: list[str]) -> list[dict]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT partition, stream_id, fields FROM events WHERE resource_id = ANY(%s) "
+                                 "ORDER BY partition, ms, seq", (rids,))
+        return [{**fields, "partition": p, "stream_id": sid} for p, sid, fields in await cur.fetchall()]
+
+
+@pytest.mark.parametrize("wait_replicas", [1, 0], ids=["WAIT-1", "no-WAIT"])
+async def test_kill_9_of_a_primary_under_http_load(wait_replicas, database_url, tmp_path):
+    rids = spread_ids("fo", RESOURCES, CLUSTER_PARTITIONS)  # shard 0, 1, 2, 0, 1, 2, ...
+    capacity = {rid: CAPACITIES[i // 3] for i, rid in enumerate(rids)}
+    on_victim = [rid for rid in rids if shard_of_slot(slot_of_resource(rid, CLUSTER_PARTITIONS)) == VICTIM_SHARD]
+    assert len(on_victim) == RESOURCES // 3
+    load = Load()
+    serve_log = tmp_path / "serve.log"
+    try:
+        run = await failover(load, rids, capacity, wait_replicas, database_url, serve_log)
+    except BaseException:
+        print(f"--- resv serve's warnings and errors\n{server_warnings(serve_log)}")
+        raise
+
+    report = check(load.observations, run.audit, capacity)
     s = report.summary()
     on_shard = sorted(t for t, rid, _ in load.decided_at if rid in on_victim)
     silent = max((b - a for a, b in zip(on_shard, on_shard[1:])), default=0.0)
@@ -147,9 +193,10 @@ async def test_kill_9_of_a_primary_under_http_load(wait_replicas):
     figures = dict(
         requests=s["requests"], decisions=s["decisions"], confirmed_seen=s["confirmed_seen"],
         lost=s["lost"], decisions_lost=s["missing_decision"], duplicated=s["duplicated"],
-        overbooked=s["overbooked"], requests_with_503=len(met_503), most_503s_one_request=max(load.unavailable.values(), default=0),
+        overbooked=s["overbooked"], requests_with_503=len(met_503),
+        most_503s_one_request=max(load.unavailable.values(), default=0),
         longest_call_s=round(load.longest_call_s, 1),
-        promoted_after_s=round(promoted_at - killed_at, 1),
+        promoted_after_s=round(run.promoted_at - run.killed_at, 1),
         shard_silent_s=round(silent, 1),  # the longest time the failed shard decided nothing
     )
     print(f"\nfailover, RESV_WAIT_REPLICAS={wait_replicas}: {figures}")
@@ -163,12 +210,16 @@ async def test_kill_9_of_a_primary_under_http_load(wait_replicas):
     assert set(load.statuses) <= {201, 409, 503}, load.statuses
     assert all(o.decision is not None for o in load.observations)
     assert set(met_503) <= decided
-    # never above capacity, in the log nor in the state
+    # the audit is the log: what the streams still hold is in it, once
+    archived = Counter((e["partition"], e["stream_id"]) for e in run.audit)
+    assert all(n == 1 for n in archived.values())
+    assert all((partition_of(e["resource_id"], CLUSTER_PARTITIONS), e["stream_id"]) in archived for e in run.tail)
+    # never above capacity, in the audit nor in the state
     assert s["overbooked"] == 0 and s["time_reversals"] == 0
-    assert all(states[rid]["reserved"] <= capacity[rid] for rid in rids), states
-    assert any(states[rid]["remaining"] == 0 for rid in rids), states  # capacity was reached
-    confirmed_in_log = Counter(e["resource_id"] for e in log if e["type"] == "RESERVATION_CONFIRMED")
-    assert all(states[rid]["reserved"] == confirmed_in_log[rid] for rid in rids), (states, confirmed_in_log)
+    assert all(run.states[rid]["reserved"] <= capacity[rid] for rid in rids), run.states
+    assert any(run.states[rid]["remaining"] == 0 for rid in rids), run.states  # capacity was reached
+    confirmed = Counter(e["resource_id"] for e in run.audit if e["type"] == "RESERVATION_CONFIRMED")
+    assert all(run.states[rid]["reserved"] == confirmed[rid] for rid in rids), (run.states, confirmed)
     # one decision per request: a retry replays, never decides again
     assert s["duplicated"] == 0, report.duplicated[:10]
     if wait_replicas:
