@@ -4,9 +4,9 @@ An AuditReader owns what operator reads need: a Redis client of its own for
 the streams' unarchived tails (so a slow operator read never takes a
 connection from the commit path; on a Redis Cluster, redis-py's cluster
 client, which finds each partition's primary: engine.open_client) and, when
-DATABASE_URL is set, a small PostgreSQL pool. It answers a resource's timeline, a request's decisions and
-the archiver's lag; the logic lives in timeline.py and lag.py, shared with
-the `resv timeline` command.
+DATABASE_URL is set, a small PostgreSQL pool. It answers a resource's
+timeline, a request's decisions and the archiver's lag; the logic lives
+in timeline.py and lag.py, shared with the `resv timeline` command.
 """
 
 from __future__ import annotations

@@ -245,6 +245,16 @@ class ClusterPipeliner:
             self._attempts[future] = attempt + 1
             live.append(call)
         if not live:
+            if error is not None and not isinstance(error, AskError) and not self._closed:
+                # Every call was given up (a request deadline shorter than the
+                # node client's retries) but the node still redirected or was
+                # lost: read the topology anyway, or a stale owner (a node that
+                # restarted as a replica) would keep every later call to its
+                # slots until each gave up in turn.
+                try:
+                    await self._refresh(self._generation)
+                except Exception as exc:  # noqa: BLE001 - the next redirect tries again
+                    log.warning("Redis Cluster: topology refresh failed (%s: %s)", type(exc).__name__, exc)
             return
         if isinstance(error, AskError) and not isinstance(error, MovedError):  # MovedError is an AskError
             await asyncio.gather(*(self._ask(call) for call in live))
