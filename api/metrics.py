@@ -173,7 +173,8 @@ async def webhook_metrics(store: Any) -> bytes:
         up.add_metric([], 0)
         return _exposition(families)
     up.add_metric([], 1)
-    deliveries = GaugeMetricFamily("resv_webhook_deliveries", "Webhook deliveries by status (outcome).",
+    deliveries = GaugeMetricFamily("resv_webhook_deliveries",
+                                   "Webhook deliveries by status (outcome), those retention deleted included.",
                                    labels=["status"])
     attempts = CounterMetricFamily("resv_webhook_attempts", "Attempts made, by the delivery's status.",
                                    labels=["status"])

@@ -20,6 +20,9 @@ Work is shared through the database, never through memory:
   the previous write ran): a DELIVERED status may lag its receipt by one
   write; a crash in between re-delivers, with the same webhook-id.
 
+Beside the deliveries, each notifier deletes the finished deliveries older
+than RESV_WEBHOOK_RETENTION_DAYS (retention.py).
+
 Wake-ups: a NOTIFY on `resv_events` (the archiver, after each committed
 batch; the API, after a test or retry request), and a poll every
 RESV_NOTIFIER_POLL_MS for retries coming due and lost notifications.
@@ -40,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from resv.archiver.store import EVENTS_CHANNEL
 from resv.notifier import events, schedule
+from resv.notifier.retention import Pruner
 from resv.notifier.sender import Outcome, Sender
 from resv.notifier.settings import NotifierSettings
 from resv.notifier.signing import signature
@@ -153,6 +157,7 @@ class Notifier:
         self.wake = asyncio.Event()
         self.endpoints: dict[str, asyncio.Task[None]] = {}
         self.results = _ResultWriter(pool)
+        self.pruner = Pruner(pool, settings)
         self.stopping = asyncio.Event()
 
     # ------------------------------------------------------------ the loop
@@ -163,9 +168,12 @@ class Notifier:
         stop = stop or asyncio.Event()
         listener = asyncio.create_task(self._listen(stop))
         writer = asyncio.create_task(self.results.run())
+        pruner = asyncio.create_task(self.pruner.run(stop))
         backoff = 0.0
-        log.info("notifier %s: polling every %.0f ms, %d attempts per endpoint",
-                 self.name, self.settings.poll_s * 1000, self.settings.concurrency)
+        days = self.settings.retention_days
+        log.info("notifier %s: polling every %.0f ms, %d attempts per endpoint, finished deliveries kept %s",
+                 self.name, self.settings.poll_s * 1000, self.settings.concurrency,
+                 f"{days:g} days" if days > 0 else "forever")
         try:
             while not stop.is_set():
                 self.wake.clear()
@@ -185,8 +193,11 @@ class Notifier:
             await self.results.close()
             writer.cancel()
             listener.cancel()
+            pruner.cancel()  # a batch cut short is rolled back; the next pass deletes it
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await writer
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pruner
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await listener
             await self.sender.aclose()
