@@ -57,8 +57,9 @@ async def serve(database_url: str, settings: NotifierSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Unchecked: every statement of the loop is retried after a failure, and
-    # a check would cost a round trip per claim.
-    pool = await open_pool(database_url, max_size=4, timeout=5.0, check=False)
+    # a check would cost a round trip per claim. Autocommit: each statement
+    # of the notifier stands alone (worker.py).
+    pool = await open_pool(database_url, max_size=4, timeout=5.0, check=False, autocommit=True)
     try:
         await Notifier(pool, settings, database_url=database_url).run(stop)
     finally:

@@ -20,6 +20,9 @@ Work is shared through the database, never through memory:
   the previous write ran): a DELIVERED status may lag its receipt by one
   write; a crash in between re-delivers, with the same webhook-id.
 
+Every statement here is one SQL statement that stands alone (its CTEs make
+it atomic), so the notifier's pool is autocommit: one round trip each.
+
 Beside the deliveries, each notifier deletes the finished deliveries older
 than RESV_WEBHOOK_RETENTION_DAYS (retention.py).
 

@@ -43,8 +43,9 @@ def listen() -> Iterator:
         port = free_port()
         out = Path(tempfile.mkstemp(prefix="resv-listen-", suffix=".out")[1])
         err = Path(tempfile.mkstemp(prefix="resv-listen-", suffix=".err")[1])
-        proc = subprocess.Popen([sys.executable, "-m", "resv", "listen", "--port", str(port), "--secret", secret],
-                                cwd=ROOT, stdout=out.open("w"), stderr=err.open("w"))
+        with out.open("w") as stdout, err.open("w") as stderr:  # the child keeps its own copies
+            proc = subprocess.Popen([sys.executable, "-m", "resv", "listen", "--port", str(port), "--secret", secret],
+                                    cwd=ROOT, stdout=stdout, stderr=stderr)
         handle = Listening(proc, f"http://127.0.0.1:{port}/", out, err)
         started.append(handle)
         deadline = time.monotonic() + 30
