@@ -6,7 +6,7 @@ PostgreSQL, then `resv serve`, `resv archiver` (default interval), and a
 `resv listen` receiver, all as separate processes, and registers the
 receiver for `reservation.confirmed`. Each round:
 
-1. backlog: with the notifier (`resv notifier`, defaults) stopped
+1. backlog: with the notifier (`resv notifier`) stopped
    (SIGSTOP), wrk sends POST /reservations as fast as it can for --backlog
    seconds; once the archiver has created every delivery row, the notifier
    goes on (SIGCONT), and the receiver's rate from its first receipt to its
@@ -15,16 +15,19 @@ receiver for `reservation.confirmed`. Each round:
    rate for --duration seconds (a paced schedule over 64 connections: each
    request takes the next 1/rate slot, slots missed by more than 100 ms are
    dropped rather than sent in a burst), then up to --drain seconds for the
-   backlog. Commit-to-receipt latency: the receiver's clock at receipt minus
-   the decision's server time (the body's `timestamp`), over the decisions
-   of that row.
+   deliveries still queued. Commit-to-receipt latency: the receiver's clock
+   at receipt minus the decision's server time (the body's `timestamp`),
+   over every decision of that row, the queued ones included.
+
+Both for each RESV_WEBHOOK_CONCURRENCY of --concurrency (a notifier each).
 
 "sent" counts the answers wrk saw; the requests in flight when it stops
 still commit, so a few more may be received. Figures are medians over
 --rounds rounds. Notifier CPU per delivery is the
 notifier process's utime+stime (/proc) over the deliveries it made.
 
-    python -m benchmarks.notifier [--rates 1000,50] [--duration 20] [--drain 20] [--backlog 5] [--rounds 3]
+    python -m benchmarks.notifier [--rates 1000,50] [--concurrency 4,16] [--duration 10] [--drain 120]
+                                  [--backlog 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -154,8 +157,18 @@ class Stack:
                                     env=self.env, stdout=subprocess.PIPE, stderr=self.logs, text=True)
         self.procs.append(listener)
         threading.Thread(target=self._read, args=(listener,), daemon=True).start()
-        self.procs.append(subprocess.Popen([*self.cli, "notifier"], env=self.env, stdout=self.logs,
-                                           stderr=self.logs))  # last: the notifier
+        self.notifier: subprocess.Popen | None = None
+
+    def start_notifier(self, concurrency: int) -> None:
+        """(Re)starts the notifier, last in procs."""
+        if self.notifier is not None:
+            self.notifier.terminate()
+            self.notifier.wait(30)
+            self.procs.remove(self.notifier)
+        self.notifier = subprocess.Popen([*self.cli, "notifier"], env={**self.env,
+                                         "RESV_WEBHOOK_CONCURRENCY": str(concurrency)},
+                                         stdout=self.logs, stderr=self.logs)
+        self.procs.append(self.notifier)
         time.sleep(2.0)
 
     def _read(self, listener: subprocess.Popen) -> None:
@@ -186,11 +199,11 @@ class Stack:
             return conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
 
     def cpu_s(self) -> float:
-        return _cpu_s(self.procs[-1].pid)
+        return _cpu_s(self.procs[-1].pid)  # the notifier
 
     def close(self) -> None:
-        if self.procs:
-            os.kill(self.procs[-1].pid, signal.SIGCONT)
+        if self.notifier is not None:
+            os.kill(self.notifier.pid, signal.SIGCONT)
         for p in self.procs:
             p.terminate()
         for p in self.procs:
@@ -214,7 +227,7 @@ def backlog(stack: Stack, seconds: int, drain: int) -> dict:
         cpu0 = stack.cpu_s()
     finally:
         os.kill(notifier, signal.SIGCONT)
-    deadline = time.time() + 60 + drain
+    deadline = time.time() + drain
     while len(stack.received(started)) < sent and time.time() < deadline:
         time.sleep(0.2)
     cpu = stack.cpu_s() - cpu0
@@ -225,6 +238,8 @@ def backlog(stack: Stack, seconds: int, drain: int) -> dict:
 
 
 def steady(stack: Stack, rate: int, duration: int, drain: int) -> dict:
+    """`rate` decisions/s for `duration` s; then up to `drain` s for the
+    deliveries still queued (their latency counts: it is the queueing)."""
     cpu0 = stack.cpu_s()
     sent, started, ended = stack.load(rate, duration)
     during = sum(1 for t, _ in stack.received(started) if t <= ended)
@@ -234,9 +249,11 @@ def steady(stack: Stack, rate: int, duration: int, drain: int) -> dict:
     got = stack.received(started)
     cpu = stack.cpu_s() - cpu0
     latencies = [t - d for t, d in got]
+    caught_up = len(got) >= sent
     return {"rate": rate, "confirmed_per_s": sent / (ended - started),
             "delivered_during_per_s": during / (ended - started), "sent": sent, "received": len(got),
-            "caught_up": len(got) >= sent, "p50_s": _pct(latencies, 0.50), "p99_s": _pct(latencies, 0.99),
+            "catch_up_s": max(0.0, max(t for t, _ in got) - ended) if caught_up else float("nan"),
+            "p50_s": _pct(latencies, 0.50), "p99_s": _pct(latencies, 0.99),
             "cpu_ms": cpu * 1000 / max(1, len(got))}
 
 
@@ -244,11 +261,18 @@ def _median(rows: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in rows)
 
 
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1000:,.0f} ms"
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.notifier", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="1000,50", help="decisions per second to offer (default 1000,50)")
-    parser.add_argument("--duration", type=int, default=20, help="seconds of load per rate (default 20)")
-    parser.add_argument("--drain", type=int, default=20, help="seconds to wait for the backlog after the load")
+    parser.add_argument("--concurrency", default="4,16",
+                        help="RESV_WEBHOOK_CONCURRENCY values, a notifier each (default 4,16; 4 is the default)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per rate (default 10)")
+    parser.add_argument("--drain", type=int, default=120,
+                        help="seconds to wait for what is still queued after a row's load (default 120)")
     parser.add_argument("--backlog", type=int, default=5, help="seconds of unpaced load queued for the backlog row")
     parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians (default 3)")
     args = parser.parse_args()
@@ -257,8 +281,9 @@ def main() -> int:
         print("benchmarks.notifier needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
     rates = [int(r) for r in args.rates.split(",")]
-    backlogs: list[dict] = []
-    steadies: dict[int, list[dict]] = {r: [] for r in rates}
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    backlogs: dict[int, list[dict]] = {c: [] for c in concurrencies}
+    steadies: dict[tuple[int, int], list[dict]] = {(c, r): [] for c in concurrencies for r in rates}
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="resv-bench-notifier-") as tmp, \
             EmbeddedRedis(extra_args=["--appendonly", "no"]) as redis, EmbeddedPostgres() as pg:
@@ -266,31 +291,38 @@ def main() -> int:
         try:
             stack.start(redis, pg)
             for n in range(args.rounds):
-                backlogs.append(backlog(stack, args.backlog, args.drain))
-                print(f"round {n + 1}: backlog {backlogs[-1]}", file=sys.stderr, flush=True)
-                for rate in rates:
-                    steadies[rate].append(steady(stack, rate, args.duration, args.drain))
-                    print(f"round {n + 1}: steady {steadies[rate][-1]}", file=sys.stderr, flush=True)
+                for c in concurrencies:
+                    stack.start_notifier(c)
+                    backlogs[c].append(backlog(stack, args.backlog, args.drain))
+                    print(f"round {n + 1}, concurrency {c}: backlog {backlogs[c][-1]}", file=sys.stderr, flush=True)
+                    for rate in rates:
+                        steadies[c, rate].append(steady(stack, rate, args.duration, args.drain))
+                        print(f"round {n + 1}, concurrency {c}: steady {steadies[c, rate][-1]}", file=sys.stderr,
+                              flush=True)
         finally:
             stack.close()
     load_after = os.getloadavg()
     print(f"\nbench-notifier: {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and "
-          f"{load_after[0]:.1f} after; one notifier (RESV_WEBHOOK_CONCURRENCY=4), archiver every 200 ms, "
-          f"receiver `resv listen` on loopback; medians of {args.rounds} rounds\n")
-    print("| backlog queued | delivered / queued | deliveries/s to the receiver | notifier CPU per delivery |")
-    print("|---|---|---|---|")
-    print(f"| {_median(backlogs, 'queued'):.0f} | {sum(b['received'] for b in backlogs)} / "
-          f"{sum(b['queued'] for b in backlogs)} | {_median(backlogs, 'per_s'):.0f} "
-          f"| {_median(backlogs, 'cpu_ms'):.2f} ms |")
-    print(f"\n{args.duration} s of paced load per row:\n")
-    print("| offered decisions/s | confirmed/s (API) | delivered/s during load | received / sent | caught up "
-          "| commit-to-receipt p50 | p99 | notifier CPU per delivery |")
-    print("|---|---|---|---|---|---|---|---|")
-    for rate, rows in steadies.items():
-        ups = sum(1 for r in rows if r["caught_up"])
-        print(f"| {rate} | {_median(rows, 'confirmed_per_s'):.0f} | {_median(rows, 'delivered_during_per_s'):.0f} "
-              f"| {sum(r['received'] for r in rows)} / {sum(r['sent'] for r in rows)} | {ups} of {len(rows)} "
-              f"| {_median(rows, 'p50_s') * 1000:.0f} ms | {_median(rows, 'p99_s') * 1000:.0f} ms "
+          f"{load_after[0]:.1f} after; one notifier, archiver every 200 ms, receiver `resv listen` on loopback, "
+          f"all on this machine; medians of {args.rounds} rounds\n")
+    print("| RESV_WEBHOOK_CONCURRENCY | backlog queued | delivered / queued | deliveries/s to the receiver "
+          "| notifier CPU per delivery |")
+    print("|---|---|---|---|---|")
+    for c, rows in backlogs.items():
+        print(f"| {c} | {_median(rows, 'queued'):,.0f} | {sum(b['received'] for b in rows):,} / "
+              f"{sum(b['queued'] for b in rows):,} | {_median(rows, 'per_s'):,.0f} "
+              f"| {_median(rows, 'cpu_ms'):.2f} ms |")
+    print(f"\n{args.duration} s of paced load per row, then up to {args.drain} s for what is queued:\n")
+    print("| RESV_WEBHOOK_CONCURRENCY | offered decisions/s | confirmed/s (API) | delivered/s during load "
+          "| received / sent | queue cleared after the load | commit-to-receipt p50 | p99 "
+          "| notifier CPU per delivery |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (c, rate), rows in steadies.items():
+        print(f"| {c} | {rate:,} | {_median(rows, 'confirmed_per_s'):,.0f} "
+              f"| {_median(rows, 'delivered_during_per_s'):,.0f} "
+              f"| {sum(r['received'] for r in rows):,} / {sum(r['sent'] for r in rows):,} "
+              f"| {_ms(_median(rows, 'catch_up_s'))} | {_ms(_median(rows, 'p50_s'))} "
+              f"| {_ms(_median(rows, 'p99_s'))} "
               f"| {_median(rows, 'cpu_ms'):.2f} ms |")
     return 0
 
