@@ -376,3 +376,27 @@ async def test_two_notifiers_make_each_attempt_once(engine, make_archiver, recei
         assert all(row["attempts"] == 1 for row in got)
         ids = [g.webhook_id for g in r.snapshot()]
         assert len(ids) == len(set(ids)) == 123  # no attempt made twice
+
+
+async def test_an_endpoint_this_notifier_still_holds_is_taken_again(engine, make_archiver, receiver,
+                                                                     start_notifier, pool):
+    """A hold of its own with no task delivering there (a task that ended
+    as a round took the endpoint again, a release that failed) does not
+    leave the endpoint idle until the hold lapses; another notifier's hold
+    is still respected."""
+    mine, theirs = receiver(), receiver()
+    archiver = await make_archiver()
+    s = store(pool)
+    held, _ = await s.create(mine.url, ["resource.created"], None, None)
+    other, _ = await s.create(theirs.url, ["resource.created"], None, None)
+    await create(engine, "held", 1)
+    await drain_until_empty(archiver)
+    async with pool.connection() as conn:
+        for hook, owner in ((held, "n1"), (other, "n2")):
+            await conn.execute("UPDATE webhooks SET owner = %s, owner_until = now() + interval '1 hour' "
+                               "WHERE webhook_id = %s", (owner, hook.webhook_id))
+    await start_notifier("n1")
+    await eventually(settled(pool, held.webhook_id, 1), what="delivered under its own hold")
+    assert theirs.snapshot() == []
+    [row] = await rows(pool, other.webhook_id)
+    assert (row["status"], row["attempts"]) == ("PENDING", 0)
