@@ -23,8 +23,9 @@ Both for each RESV_WEBHOOK_CONCURRENCY of --concurrency (a notifier each).
 
 "sent" counts the answers wrk saw; the requests in flight when it stops
 still commit, so a few more may be received. Figures are medians over
---rounds rounds. Notifier CPU per delivery is the
-notifier process's utime+stime (/proc) over the deliveries it made.
+--rounds rounds ("retried": deliveries that took more than one attempt, over
+all rounds). Notifier CPU per delivery is the notifier process's
+utime+stime (/proc) over the deliveries it made.
 
     python -m benchmarks.notifier [--rates 1000,50] [--concurrency 4,16] [--duration 10] [--drain 120]
                                   [--backlog 5] [--rounds 3]
@@ -194,6 +195,12 @@ class Stack:
         summary = json.loads(out.split("WRKJSON ", 1)[1].splitlines()[0])
         return summary["requests"] - summary["non2xx"], started, ended
 
+    def retried(self, since: float) -> int:
+        """Deliveries of the decisions from `since` on that took more than one attempt."""
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM webhook_deliveries WHERE attempts > 1 "
+                                "AND decided_at >= to_timestamp(%s)", (since,)).fetchone()[0]
+
     def deliveries_created(self) -> int:
         with psycopg.connect(self.database_url) as conn:
             return conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
@@ -250,7 +257,7 @@ def steady(stack: Stack, rate: int, duration: int, drain: int) -> dict:
     cpu = stack.cpu_s() - cpu0
     latencies = [t - d for t, d in got]
     caught_up = len(got) >= sent
-    return {"rate": rate, "confirmed_per_s": sent / (ended - started),
+    return {"rate": rate, "retried": stack.retried(started), "confirmed_per_s": sent / (ended - started),
             "delivered_during_per_s": during / (ended - started), "sent": sent, "received": len(got),
             "catch_up_s": max(0.0, max(t for t, _ in got) - ended) if caught_up else float("nan"),
             "p50_s": _pct(latencies, 0.50), "p99_s": _pct(latencies, 0.99),
@@ -301,6 +308,8 @@ def main() -> int:
                               flush=True)
         finally:
             stack.close()
+            warnings = [line for line in (Path(tmp) / "procs.log").read_text().splitlines() if "WARNING" in line]
+            print(f"{len(warnings)} warnings in the processes' logs", *warnings[:20], sep="\n", file=sys.stderr)
     load_after = os.getloadavg()
     print(f"\nbench-notifier: {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and "
           f"{load_after[0]:.1f} after; one notifier, archiver every 200 ms, receiver `resv listen` on loopback, "
@@ -314,13 +323,14 @@ def main() -> int:
               f"| {_median(rows, 'cpu_ms'):.2f} ms |")
     print(f"\n{args.duration} s of paced load per row, then up to {args.drain} s for what is queued:\n")
     print("| RESV_WEBHOOK_CONCURRENCY | offered decisions/s | confirmed/s (API) | delivered/s during load "
-          "| received / sent | queue cleared after the load | commit-to-receipt p50 | p99 "
+          "| received / sent | retried | queue cleared after the load | commit-to-receipt p50 | p99 "
           "| notifier CPU per delivery |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for (c, rate), rows in steadies.items():
         print(f"| {c} | {rate:,} | {_median(rows, 'confirmed_per_s'):,.0f} "
               f"| {_median(rows, 'delivered_during_per_s'):,.0f} "
               f"| {sum(r['received'] for r in rows):,} / {sum(r['sent'] for r in rows):,} "
+              f"| {sum(r['retried'] for r in rows):,} "
               f"| {_ms(_median(rows, 'catch_up_s'))} | {_ms(_median(rows, 'p50_s'))} "
               f"| {_ms(_median(rows, 'p99_s'))} "
               f"| {_median(rows, 'cpu_ms'):.2f} ms |")
