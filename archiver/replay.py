@@ -33,7 +33,7 @@ from redis.asyncio import Redis
 from resv.archiver.store import parse_int
 from resv.archiver.timeline import TimelineEvent
 from resv.engine import library_source
-from resv.engine.keys import prefix, stream_key
+from resv.engine.keys import prefix, request_key_at, stream_key
 
 CLOCK_KEY = "resv:replay:clock"
 CLOCK_BEGIN = "-- @clock-begin"
@@ -228,7 +228,7 @@ class Planner:
     def _reserve(self, partition: int, e: TimelineEvent, call) -> Call:
         f = e.fields
         rid, request_id = f.get("resource_id", ""), f.get("request_id", "")
-        req_key = f"{prefix(partition)}req:{rid}:{request_id}"
+        req_key = request_key_at(partition, rid, request_id, f.get("actor"))  # the recorded scope
         ts = e.ts or 0
         expire: tuple[str, ...] = ()
         if req_key in self.expires and self.expires[req_key] <= ts:
@@ -237,7 +237,10 @@ class Planner:
         # The Lua records the decision under the request id unless it was a
         # replay or a refused reuse of the id.
         logged_ttl = parse_int(f.get("idempotency_ttl_ms"))
-        if e.type in ("RESERVATION_CONFIRMED", "RESERVATION_REJECTED") and f.get("reason") != "REQUEST_ID_REUSED":
+        # (UNKNOWN_RESOURCE leaves none since release 2: it logs no ttl then)
+        reason = f.get("reason")
+        if (e.type in ("RESERVATION_CONFIRMED", "RESERVATION_REJECTED") and reason != "REQUEST_ID_REUSED"
+                and (reason != "UNKNOWN_RESOURCE" or logged_ttl is not None)):
             self.expires[req_key] = ts + (logged_ttl or self.default_ttl_ms) * 1000
         # The logged ttl is passed again (it is part of the logged decision);
         # the record's real-time expiry never matters, the planner expires it

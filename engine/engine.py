@@ -219,7 +219,7 @@ class Engine:
         p = self.settings.partitions
         return _decision(await self._call(
             "resv_reserve",
-            (*self._keys(resource_id), keys.request_key(resource_id, request_id, p)),
+            (*self._keys(resource_id), keys.request_key(resource_id, request_id, p, actor)),
             resource_id,
             client_id,
             str(quantity),

@@ -47,8 +47,19 @@ def resource_keys(resource_id: str, partitions: int) -> tuple[str, str, str, str
     )
 
 
-def request_key(resource_id: str, request_id: str, partitions: int) -> str:
-    return f"{resource_prefix(resource_id, partitions)}req:{resource_id}:{request_id}"
+def request_key(resource_id: str, request_id: str, partitions: int, actor: str | None = None) -> str:
+    """The idempotency record of a reservation request. With an actor (the
+    API passes its key id), request ids are scoped to it: two applications'
+    equal Idempotency-Keys never meet. Without, the scope is the resource
+    alone (ops scripts calling the Lua directly)."""
+    scope = f"{actor}:" if actor else ""
+    return f"{resource_prefix(resource_id, partitions)}req:{resource_id}:{scope}{request_id}"
+
+
+def request_key_at(partition: int, resource_id: str, request_id: str, actor: str | None = None) -> str:
+    """`request_key` in a given partition (a logged one, for replay)."""
+    scope = f"{actor}:" if actor else ""
+    return f"{prefix(partition)}req:{resource_id}:{scope}{request_id}"
 
 
 def resource_of_reservation(reservation_id: str) -> str | None:

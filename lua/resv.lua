@@ -25,6 +25,7 @@
     KEYS[6] resv:{pN}:events     stream the partition's decision log
   resv_reserve also takes
     KEYS[7] resv:{pN}:req:<rid>:<request_id>  string  idempotency record (JSON), expires
+            resv:{pN}:req:<rid>:<actor>:<request_id>  the same, scoped to an actor
 
   Decision replies are flat field/value arrays (readable in redis-cli), with at
   least: type, decision (CONFIRMED|REJECTED), code (public: RESOURCE_FULL,
@@ -445,7 +446,10 @@ end
   ARGV[3] quantity        integer 1..1e9
   ARGV[4] request_id      1-128 printable ASCII chars, unique per attempt
   ARGV[5] idempotency ttl in ms (optional; '' or absent: 86400000)
-  ARGV[6] actor           optional: who asked (see the top of this file)
+  ARGV[6] actor           optional: who asked (see the top of this file); it also
+                          scopes the request id: with an actor KEYS[7] is
+                          resv:{pN}:req:<rid>:<actor>:<request_id>, so two actors'
+                          equal request ids are independent requests
   Checks, in order: idempotency (a retry with the same inputs returns the
   original reply with replayed=1 and changes nothing but a RESERVATION_REPLAYED
   event; different inputs -> INVALID_STATE/REQUEST_ID_REUSED), resource exists
@@ -460,7 +464,9 @@ end
   (when the decision is remembered), replayed (0|1).
   A confirmation also fulfils the client's active waiting-list entry
   (WAITLIST_FULFILLED event). Decisions, rejections included, are remembered
-  under the request id for the ttl.
+  under the request id for the ttl, except UNKNOWN_RESOURCE: it is logged but
+  leaves no record, so calls for resources that do not exist store nothing
+  for a day and never pre-empt a request made once the resource exists.
 ]]
 local function reserve(keys, args)
   local rid, client, qty_s, request_id = args[1], args[2], args[3], args[4]
@@ -471,9 +477,6 @@ local function reserve(keys, args)
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
   if not valid_id(request_id) then return bad('request_id must be 1-128 printable ASCII chars') end
-  if keys[7] ~= K.prefix .. 'req:' .. rid .. ':' .. request_id then
-    return bad('KEYS[7] must be ' .. K.prefix .. 'req:' .. rid .. ':' .. request_id)
-  end
   local ttl = DEFAULT_IDEMPOTENCY_TTL_MS
   if args[5] and args[5] ~= '' then
     ttl = int_in(args[5], 1, 365 * 86400000)
@@ -482,6 +485,9 @@ local function reserve(keys, args)
   local actor, aerr = parse_actor(args[6])
   if aerr then return aerr end
   K.actor = actor
+  -- an actor scopes the request id: two applications never share one
+  local req_key = K.prefix .. 'req:' .. rid .. ':' .. (actor and actor .. ':' or '') .. request_id
+  if keys[7] ~= req_key then return bad('KEYS[7] must be ' .. req_key) end
   local now = server_now()
   local fingerprint = client .. '|' .. fmt(qty)
 
@@ -524,7 +530,7 @@ local function reserve(keys, args)
     return orig
   end
 
-  if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', true) end
+  if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', false) end
   if r.state ~= 'OPEN' then return rejected('RESOURCE_CLOSED', 'STATE_CLOSED', true) end
   if r.opens_at and now < r.opens_at then return rejected('RESOURCE_CLOSED', 'WINDOW_NOT_OPEN', true) end
   if r.closes_at and now >= r.closes_at then return rejected('RESOURCE_CLOSED', 'WINDOW_CLOSED', true) end

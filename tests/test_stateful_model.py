@@ -110,7 +110,8 @@ class Model(RuleBasedStateMachine):
         expected = self.expect_reserve(rid, client, qty)
         d = reserve(self.r, rid, client, qty, request_id)
         assert (d["decision"], d["reason"]) == expected
-        self.requests[(rid, request_id)] = (client, qty, d)
+        if d["reason"] != "UNKNOWN_RESOURCE":  # not remembered: a retry is decided afresh
+            self.requests[(rid, request_id)] = (client, qty, d)
         m = self.res.get(rid)
         if d["decision"] == "CONFIRMED":
             m.reserved += qty

@@ -71,6 +71,9 @@ async def every_kind_of_decision(engine: Engine) -> None:
     await engine.join_waitlist("d", "w", 1)
     await engine.join_waitlist("d", "v", 1)
     await engine.configure("d", 1, {"capacity": 7, "max_per_request": 3})  # notifies w and v
+    await engine.reserve("d", "u", 1, "r20", actor="client#1")  # another application's r20: its own
+    await engine.reserve("d", "u", 1, "r20", actor="client#1")  # replayed in that scope
+    await engine.reserve("ghost", "x", 1, "r6")                  # unknown again: decided afresh
 
 
 def test_replay_source_swaps_only_the_clock() -> None:
@@ -95,7 +98,7 @@ async def test_every_decision_is_reproduced(engine, make_archiver, pool) -> None
     # refused configures log what was asked: nothing is inferred
     assert report.inferred == 0
     only_d = await verify(engine.redis, pool, PARTITIONS, resource_id="d", scratch_server=scratch_server)
-    assert only_d.mismatches == [] and only_d.resources == 1 and only_d.events == 10
+    assert only_d.mismatches == [] and only_d.resources == 1 and only_d.events == 12
 
 
 async def test_streams_alone_before_any_archiving(engine) -> None:
@@ -145,7 +148,7 @@ async def test_live_state_is_compared(engine, make_archiver, pool, database_url,
     res_key = resource_keys("d", PARTITIONS)[0]
     await engine.redis.hset(res_key, "reserved", "1")
     report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
-    assert [m.what for m in report.mismatches] == ["resource d: reserved replayed 2, live 1"]
+    assert [m.what for m in report.mismatches] == ["resource d: reserved replayed 3, live 1"]
     assert await asyncio.to_thread(main, ["verify", "--resource", "a", "--redis-url", engine.settings.redis_url,
                                           "--database-url", database_url]) == 0
     assert capsys.readouterr().out.rstrip().endswith("0 mismatches")
