@@ -22,7 +22,7 @@ from litestar import Litestar, Request, Router
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
-from resv.api import docs, errors, metrics, oplog
+from resv.api import bodies, docs, errors, metrics, oplog
 from resv.api.auth import AuthMiddleware, KeyRing, operator_only
 from resv.api.availability import AvailabilityController
 from resv.api.health import HealthController
@@ -52,6 +52,7 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
         on_startup=[docs.finish_document],
         openapi_config=docs.openapi_config(_version()),
         request_max_body_size=settings.max_body_bytes,
+        request_class=bodies.request_class(settings.max_json_depth),
         debug=False,
         logging_config=None,
     )

@@ -68,6 +68,12 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body (or was cut off by
+    the body timeout, api/edge.py). Logged as a client event; the 400 is for
+    the request log, no one receives it."""
+
+
 class Failure(msgspec.Struct, frozen=True):
     status: int
     body: ErrorBody
@@ -81,6 +87,10 @@ def resolve(exc: BaseException, scope: Scope | None = None) -> Failure:
     """The status, body and headers for any exception at a request's edge."""
     if isinstance(exc, ApiError):
         return Failure(exc.status, ErrorBody(error=exc.error, detail=exc.detail), exc.headers)
+    if isinstance(exc, ClientDisconnected):
+        metrics.CLIENT_DISCONNECTS.inc()
+        log.info("client disconnected before sending the whole body", extra={"resv": {"route": _route(scope)}})
+        return Failure(400, ErrorBody(error="BAD_REQUEST", detail="body: the client disconnected mid-body"))
     if isinstance(exc, ValidationException):
         return Failure(400, ErrorBody(error="BAD_REQUEST", detail=validation_detail(exc)))
     if isinstance(exc, TooManyRequestsException):

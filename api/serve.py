@@ -23,6 +23,7 @@ from resv.api.settings import ApiSettings
 from resv.engine import DurabilityError, Engine, EngineUnavailable, LibraryVersionError
 
 APP_FACTORY = "resv.api.app:app_from_env"
+EDGE_PROTOCOL = "resv.api.edge:BoundedHttpToolsProtocol"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             workers=args.workers,
             loop=_loop(),
-            http=_http(),
+            http=EDGE_PROTOCOL,  # bounded heads, read deadlines (api/edge.py)
             log_config=oplog.log_config(args.log_level),
             access_log=False,  # the operator log has one line per request
             server_header=False,
@@ -109,10 +110,3 @@ def _loop() -> str:
         return "asyncio"
     return "uvloop"
 
-
-def _http() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "h11"
-    return "httptools"
