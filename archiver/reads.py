@@ -64,9 +64,10 @@ class AuditReader:
         return await resource_timeline(self.redis, self.pool, resource_id, self.partitions,
                                        after=after, limit=limit)
 
-    async def request_decisions(self, request_id: str, *, resource_id: str | None = None) -> RequestDecisions:
+    async def request_decisions(self, request_id: str, *, resource_id: str | None = None,
+                                after: str | None = None, limit: int = 100) -> RequestDecisions:
         return await request_decisions(self.redis, self.pool, request_id, self.partitions,
-                                       resource_id=resource_id)
+                                       resource_id=resource_id, after=after, limit=limit)
 
     async def lag(self) -> dict[int, dict[str, float]]:
         """Per partition: entries not yet archived, and the age of the oldest."""
