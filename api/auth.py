@@ -73,7 +73,7 @@ def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(secret).digest()
 
 
-def _authorization(scope: Scope) -> bytes | None:
+def authorization_header(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
             return value
@@ -88,7 +88,7 @@ class AuthMiddleware(ASGIMiddleware):
         self.keyring = keyring
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        principal = self.keyring.identify(_authorization(scope))
+        principal = self.keyring.identify(authorization_header(scope))
         if principal is None:
             raise NotAuthorizedException(headers={"WWW-Authenticate": "Bearer"})
         scope["auth"] = principal

@@ -272,9 +272,9 @@ class ArchiverLag(_Out, kw_only=True):
 
 class Readiness(_Out, kw_only=True, omit_defaults=True):
     status: Literal["ready", "unavailable"]
-    checks: dict[str, Literal["up", "down", "not_configured"]]
-    """redis (PING), library (the Lua functions loaded), postgres (only
-    when DATABASE_URL is set)."""
+    checks: dict[str, Literal["up", "down", "not_configured"]] | None = None
+    """Operator key only: redis (PING), library (the Lua functions loaded),
+    audit (PostgreSQL, only when DATABASE_URL is set; reported, not judged)."""
     archiver_lag: ArchiverLag | None = None
     """How far the audit is behind, over all partitions (when Redis is up).
     Reported, not judged: a lagging audit does not make the API unready."""

@@ -131,7 +131,7 @@ async def test_unreachable_redis_is_503_and_the_app_still_starts(redis_url):
         ready = await c.get("/ready", headers=OP)  # names the dependency, by design: not scanned
         assert ready.status_code == 503
         assert ready.json() == {"status": "unavailable", "error": "UNAVAILABLE",
-                                "checks": {"redis": "down", "library": "down", "postgres": "not_configured"}}
+                                "checks": {"redis": "down", "library": "down", "audit": "not_configured"}}
         metrics = (await c.get("/metrics", headers=OP)).text
         assert "resv_redis_errors_total" in metrics
     for text in bodies:
