@@ -97,6 +97,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
         ResourceController,
         HealthController,
         metrics.MetricsController,
+        docs.assets_router(),
     ]
     # The archiver's audit routes (/ops/...): operator keys only, whatever
     # the controller itself declares.

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.openapi import ResponseSpec
 
 from resv.api import decisions, docs
 from resv.api.auth import actor_of
@@ -43,7 +44,9 @@ class WaitlistController(Controller):
     security = docs.SECURED
 
     @post("/join", operation_id="joinWaitingList", status_code=201,
-          responses=docs.errors(400, 413, rejection=_REJECTED))
+          responses={**docs.errors(400, 413, rejection=_REJECTED), 200: ResponseSpec(
+              data_container=WaitlistEntryOut, generate_examples=False,
+              description="The client already has an entry (WAITING or NOTIFIED): that entry, unchanged.")})
     async def join(
         self, request: Request[Any, Any, Any], data: StrictJSON[WaitlistJoinRequest]
     ) -> Response[WaitlistEntryOut]:

@@ -73,6 +73,8 @@ def test_wheel_contains_lua_and_migrations(tmp_path: Path) -> None:
     assert {"resv/lua/__init__.py", "resv/lua/resv.lua", "resv/lua/releases/resv_1.lua",
             "resv/archiver/migrations/9999_probe.sql",
             "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py"} <= names
+    from resv.api.docs import REDOC_VERSION  # the OpenAPI page's assets, served from the package
+    assert f"resv/api/static/redoc-{REDOC_VERSION}/redoc.standalone.js" in names
     # One top-level import package: nothing else that an application's own
     # `api` or `engine` module could shadow or be shadowed by.
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
