@@ -82,17 +82,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True      # between a request's first byte (or the connection) and its complete head
         self._head_bytes = 0      # bytes of the current head received so far
         self._tail = b""          # last bytes of the previous chunk: a head end may span two chunks
-        self._read_timer: asyncio.TimerHandle | None = None
         self._refused = False
+        # One timer per connection, checked when it fires, rather than one
+        # armed and cancelled per request: a request only sets a number.
+        self._read_by: float | None = None  # when the current head or body must be complete (loop time)
+        self._read_timer: asyncio.TimerHandle | None = None
 
     # -- the asyncio protocol
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self._limits.header_timeout_s)
+        self._read_by = self.loop.time() + self._limits.header_timeout_s
+        self._read_timer = self.loop.call_later(self._limits.header_timeout_s, self._check_read)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -113,33 +119,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._head_bytes, self._tail = True, 0, b""
-        if self._read_timer is None:  # a following request on a kept-alive connection
-            self._arm(self._limits.header_timeout_s)
+        if self._read_by is None:  # a following request on a kept-alive connection
+            self._read_by = self.loop.time() + self._limits.header_timeout_s
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._arm(self._limits.body_timeout_s)
+        self._read_by = self.loop.time() + self._limits.body_timeout_s
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
-        self._disarm()
+        self._read_by = None
         super().on_message_complete()
 
     # -- helpers
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._read_timer = self.loop.call_later(seconds, self._read_timeout)
-
-    def _disarm(self) -> None:
-        if self._read_timer is not None:
-            self._read_timer.cancel()
-            self._read_timer = None
-
-    def _read_timeout(self) -> None:
+    def _check_read(self) -> None:
         self._read_timer = None
-        if not self.transport.is_closing():
-            self.transport.close()
+        if self.transport.is_closing():
+            return
+        now = self.loop.time()
+        if self._read_by is not None and now >= self._read_by:
+            self.transport.close()  # a handler waiting for the body sees a disconnect
+            return
+        wait = self._read_by - now if self._read_by is not None else self._limits.header_timeout_s
+        self._read_timer = self.loop.call_later(wait, self._check_read)
 
     def _refuse_head(self) -> None:
         """431, then our side of the connection is shut, and what the client
@@ -151,4 +154,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(TOO_LARGE)
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._arm(LINGER_S)
+        self._read_by = self.loop.time() + LINGER_S
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+        self._read_timer = self.loop.call_later(LINGER_S, self._check_read)
