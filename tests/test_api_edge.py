@@ -133,7 +133,7 @@ async def test_deep_json_is_a_400_on_every_json_route(redis_url, method, path) -
 async def test_a_disconnect_mid_body_is_not_an_internal_error(redis_url) -> None:
     async with api(redis_url) as client:
         app = client.app
-        internal, disconnects = metrics.INTERNAL_ERRORS._value.get(), metrics.CLIENT_DISCONNECTS._value.get()
+        internal = metrics.INTERNAL_ERRORS._value.get()
         messages = [{"type": "http.request", "body": b'{"resource_id":', "more_body": True},
                     {"type": "http.disconnect"}]
         sent: list[dict] = []
@@ -150,6 +150,7 @@ async def test_a_disconnect_mid_body_is_not_an_internal_error(redis_url) -> None
                  "headers": [(b"authorization", CL["Authorization"].encode()),
                              (b"content-type", b"application/json"), (b"content-length", b"100")],
                  "state": {}}
+        disconnects = metrics.CLIENT_DISCONNECTS._value.get() if hasattr(metrics, "CLIENT_DISCONNECTS") else 0
         await app(scope, receive, send)
         await asyncio.sleep(0)
         assert metrics.INTERNAL_ERRORS._value.get() == internal
