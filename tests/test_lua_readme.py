@@ -43,8 +43,9 @@ def test_readme_example_runs(redis_url, tmp_path):
     assert r.hget(k, "reserved") == "0"
     events = [f for _, f in r.xrange("resv:{p8}:events")]
     types = [f["type"] for f in events]
-    # who asked: given on create, configure and close, absent elsewhere
-    assert [f.get("actor") for f in events] == ["ops-alice"] + [None] * 6 + ["ops-alice", "ops-alice", None]
+    # who asked: given on create, the scoped reserve, configure and close, absent elsewhere
+    assert [f.get("actor") for f in events] == (["ops-alice", None, None, "client#1"] + [None] * 4
+                                                + ["ops-alice", "ops-alice", None])
     assert {f["lib"] for f in events} == {str(library_version())}
     assert types == [
         "RESOURCE_CREATED", "RESERVATION_CONFIRMED", "RESERVATION_REPLAYED", "RESERVATION_REJECTED",
