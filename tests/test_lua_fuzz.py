@@ -42,7 +42,8 @@ def valid_keys(rid: str, fn: str, args: list) -> list[str]:
     ks = rkeys(rid)
     if fn == "resv_reserve":
         rq = args[3] if len(args) > 3 and isinstance(args[3], str) else "q"
-        ks.append(keys.request_key(rid, rq, PARTITIONS))
+        actor = args[5] if len(args) > 5 and isinstance(args[5], str) else None
+        ks.append(keys.request_key(rid, rq, PARTITIONS, actor))  # an actor scopes the request id
     return ks
 
 
