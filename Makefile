@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv run test bench-engine bench-api bench-archiver reliability
+.PHONY: venv run test bench-engine bench-api bench-archiver bench-notifier reliability
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ bench-api: $(STAMP)
 
 bench-archiver: $(STAMP)
 	$(PY) -m benchmarks.archiver
+
+bench-notifier: $(STAMP)
+	$(PY) -m benchmarks.notifier
 
 reliability: $(STAMP)
 	$(PY) -m tests.reliability

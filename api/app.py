@@ -4,13 +4,16 @@ Each concern is wired by its own small function: routes, middleware,
 exception handling, lifespan (which owns the Engine). Nothing here is
 global: tests build apps with their own settings and engine.
 
-Middleware, outermost first: the operator log, the request metrics, the error
-boundary (answers what the middleware inside it raises), the key check, and
-the rate limiter when RESV_RATE_LIMIT is set.
+Middleware, outermost first: the request middleware (times the request, checks
+its key, answers what failed before a response started, counts it and
+writes its operator log line: `api.middleware`), then the rate limiter when
+RESV_RATE_LIMIT is set.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -19,21 +22,26 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from litestar import Litestar, Request, Router
+from litestar.datastructures import State
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
 from resv.api import bodies, docs, errors, metrics, oplog
-from resv.api.auth import AuthMiddleware, KeyRing, operator_only
+from resv.api.auth import KeyRing, operator_only
 from resv.api.availability import AvailabilityController
+from resv.api.console import console, template_config
 from resv.api.health import HealthController
+from resv.api.middleware import RequestMiddleware
 from resv.api.ops import OpsController
 from resv.api.reservations import ReservationController
 from resv.api.resources import ResourceController
 from resv.api.services import Services
 from resv.api.settings import ApiSettings
 from resv.api.waitlist import WaitlistController
+from resv.api.webhooks import WebhookController
 from resv.archiver.reads import AuditReader
-from resv.engine import DurabilityError, Engine, EngineError, EngineUnavailable
+from resv.engine import AuditMarks, DurabilityError, Engine, EngineError, EngineUnavailable
+from resv.notifier.manage import WebhookStore
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -44,8 +52,13 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
     engine (loads the Lua library) and closes it when it stops."""
     settings = settings if settings is not None else ApiSettings.from_env()
     settings.check(needs_redis_url=engine is None)
+    # The operator console (/console): its own routers, session and CSRF
+    # middleware; absent when no operator key could sign in.
+    operator_console = console(settings, KeyRing(settings.api_keys))
     return Litestar(
-        route_handlers=routes(settings),
+        route_handlers=routes(settings) + (operator_console[0] if operator_console else []),
+        template_config=template_config() if operator_console else None,
+        state=State({"console_sessions": operator_console[1] if operator_console else None}),
         middleware=middleware(settings),
         exception_handlers={Exception: errors.handle_exception},
         lifespan=[lifespan(settings, engine)],
@@ -62,6 +75,7 @@ def app_from_env() -> Litestar:
     """The factory `resv serve` gives uvicorn (`api.app:app_from_env`)."""
     app = create_app(ApiSettings.from_env())
     app.on_startup.append(_tune_process)
+    app.on_shutdown.append(oplog.flush)  # before a server ends the process its own way
     return app
 
 
@@ -101,7 +115,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
     ]
     # The archiver's audit routes (/ops/...): operator keys only, whatever
     # the controller itself declares.
-    handlers.append(Router(path="/", route_handlers=[OpsController], guards=[operator_only]))
+    handlers.append(Router(path="/", route_handlers=[OpsController, WebhookController], guards=[operator_only]))
     if settings.bench_echo:
         from resv.api.bench import BenchEchoController
 
@@ -111,10 +125,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
 
 def middleware(settings: ApiSettings) -> list[Middleware]:
     stack: list[Middleware] = [
-        oplog.RequestLog(),
-        metrics.request_metrics().middleware,
-        errors.ErrorBoundary(),
-        AuthMiddleware(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
+        RequestMiddleware(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
     ]
     if settings.rate_limit:
         stack.append(rate_limit(settings.rate_limit).middleware)
@@ -147,21 +158,31 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
     async def run(app: Litestar) -> AsyncIterator[None]:
         owned = engine if engine is not None else Engine(settings.engine)
         audit = None
+        guard = None
         try:
+            # The audit's read side (/ops, /ready's lag, the guard's audit
+            # marks): its own Redis client and, with DATABASE_URL, a pool
+            # opened without waiting (the API commits without PostgreSQL).
+            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings.partitions)
+            marks = audit.marks if audit.has_audit else None
             try:
-                await prepare(owned)  # DurabilityError stops the start-up
+                await prepare(owned, marks)  # DurabilityError, PartitionsMismatch stop the start-up
             except EngineUnavailable as exc:
                 # `resv serve` checked Redis before starting; if it went away
-                # since, serve anyway: requests answer 503 until it is back,
-                # and the engine loads the library on its first call then.
+                # since, serve anyway: requests answer 503 until it is back
+                # and checked, and the engine loads the library then.
                 log.warning("Redis unavailable at start-up", extra={"resv": {"error": str(exc)}})
-            # The audit's read side (/ops, /ready's lag): its own Redis client
-            # and, with DATABASE_URL, a pool opened without waiting (the API
-            # commits without PostgreSQL).
-            audit = await AuditReader.open(owned.url, settings.database_url, owned.settings.partitions)
-            app.state.services = Services(settings, owned, audit)
+                owned.refuse_until_checked()
+            metrics.guard_checked(owned)
+            guard = asyncio.create_task(owned.guard_forever(marks, on_check=metrics.guard_checked))
+            webhooks = WebhookStore(audit.pool) if audit.pool is not None else None
+            app.state.services = Services(settings, owned, audit, webhooks)
             yield
         finally:
+            if guard is not None:
+                guard.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await guard
             if audit is not None:
                 await audit.aclose()
             await owned.aclose()
@@ -169,13 +190,15 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
     return run
 
 
-async def prepare(engine: Engine) -> None:
-    """Loads the Lua library and checks the durability profile
-    (RESV_DURABILITY, docs/guarantees.md). Raises DurabilityError when the
-    strict profile cannot be kept (or the server's persistence settings
-    cannot be read, e.g. CONFIG disabled), EngineUnavailable when Redis
-    cannot be reached."""
-    await engine.start()
+async def prepare(engine: Engine, audit: AuditMarks | None, *, guard: bool = True) -> None:
+    """Checks the durability profile (RESV_DURABILITY, docs/guarantees.md)
+    before anything is written to the server, then loads the Lua library and
+    checks the engine state against the audit (the state-loss guard; audit:
+    None without DATABASE_URL). Raises DurabilityError when the strict
+    profile cannot be kept (or the server's persistence settings cannot be
+    read, e.g. CONFIG disabled), PartitionsMismatch when RESV_PARTITIONS is
+    not the deployment's, EngineUnavailable when Redis cannot be reached.
+    guard=False: the partition count only (nothing written but the library)."""
     try:
         await engine.check_durability()
     except (DurabilityError, EngineUnavailable):
@@ -187,6 +210,10 @@ async def prepare(engine: Engine) -> None:
                 "start with RESV_DURABILITY=relaxed to accept the loss window (docs/guarantees.md)."
             ) from exc
         log.warning("cannot read the server's persistence settings", extra={"resv": {"error": str(exc)}})
+    await engine.check_partitions()
+    await engine.start()
+    if guard:
+        await engine.check_guard(audit)
 
 
 def _version() -> str:

@@ -1,10 +1,11 @@
 """Who is calling: bearer API keys with a role, checked on every request.
 
-`AuthMiddleware` runs on every route except those marked `opt={"public":
-True}` (/health and the OpenAPI document under /schema): a missing or unknown
-key is 401. It leaves a `Principal` in `scope["auth"]` (Litestar's
-`request.auth`); guards then check the role (403). Operator keys may call
-every client route.
+`KeyRing.check` runs on every route except those marked `opt={"public":
+True}` (/health and the OpenAPI document under /schema), called by the
+app's one middleware (`api.middleware`; a middleware of its own was one
+more frame per request): a missing or unknown key is 401. It leaves a `Principal` in
+`scope["auth"]` (Litestar's `request.auth`); guards then check the role
+(403). Operator keys may call every client route.
 
 Keys are compared in constant time: the presented token is hashed once and
 its digest compared with `hmac.compare_digest` against the digest of every
@@ -22,10 +23,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from litestar.connection import ASGIConnection
-from litestar.enums import ScopeType
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope
 from msgspec import Struct
 
 from resv.api.settings import ApiKey
@@ -51,6 +50,22 @@ class KeyRing:
             for n, key in enumerate(keys, start=1)
         )
         self._open = insecure_no_auth and not self._keys
+
+    def check(self, scope: Scope) -> None:
+        """The request's principal into `scope["auth"]`; 401 without a known
+        key, unless the route is public."""
+        if scope["route_handler"].opt.get(PUBLIC):
+            return
+        principal = self.identify(authorization_header(scope))
+        if principal is None:
+            raise NotAuthorizedException(headers={"WWW-Authenticate": "Bearer"})
+        scope["auth"] = principal
+
+    @property
+    def operator_digests(self) -> dict[str, bytes]:
+        """key id -> SHA-256 of the key, for the operator keys (the console
+        binds a session to the key it was opened with)."""
+        return {p.key_id: digest for digest, p in self._keys if p.role == "operator"}
 
     def identify(self, authorization: bytes | None) -> Principal | None:
         """The principal of an `Authorization: Bearer <key>` header value."""
@@ -78,21 +93,6 @@ def authorization_header(scope: Scope) -> bytes | None:
         if name == b"authorization":
             return value
     return None
-
-
-class AuthMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
-    exclude_opt_key = PUBLIC
-
-    def __init__(self, keyring: KeyRing) -> None:
-        self.keyring = keyring
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        principal = self.keyring.identify(authorization_header(scope))
-        if principal is None:
-            raise NotAuthorizedException(headers={"WWW-Authenticate": "Bearer"})
-        scope["auth"] = principal
-        await next_app(scope, receive, send)
 
 
 def operator_only(connection: ASGIConnection[Any, Any, Any, Any], _: Any) -> None:

@@ -10,6 +10,7 @@ from litestar.enums import MediaType
 from resv.api import docs
 from resv.api.schemas import Availability, ResourceIdQuery
 from resv.api.services import services
+from resv.engine.errors import EngineRefused
 
 
 class AvailabilityController(Controller):
@@ -27,6 +28,12 @@ class AvailabilityController(Controller):
 
         Served from a per-process cache (RESV_AVAILABILITY_TTL_MS, default
         500 ms), so it may be that stale; `as_of` says when it was read. The
-        reservation itself is always decided on the real state."""
-        status, body = await services(request).availability.get(resource_id)
+        reservation itself is always decided on the real state. While the
+        engine state is behind the audit, 503 like every engine read, cache
+        or not: a cached answer could predate the loss."""
+        svc = services(request)
+        refusal = svc.engine.refusal
+        if refusal is not None and refusal.reads:
+            raise EngineRefused("; ".join(refusal.problems))
+        status, body = await svc.availability.get(resource_id)
         return Response(body, status_code=status, media_type=MediaType.JSON)  # type: ignore[return-value]

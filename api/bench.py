@@ -1,7 +1,9 @@
-"""The benchmark's ceiling (RESV_BENCH_ECHO=1 only): routes that go through
-the same server, middleware, key check, parameters and body validation as
-GET /availability and POST /reservations, and build their response the same
-way, but do no engine work. `benchmarks/api.py` compares against them."""
+"""In-app echo routes (RESV_BENCH_ECHO=1 only): they go through the same
+server, middleware, key check, operator log, parameters and body validation
+as GET /availability and POST /reservations, and build their response the
+same way, but do no engine work. Not a ceiling (they are our own code): the
+baseline of `make bench-api` is a bare Litestar app (`benchmarks/bare_app.py`);
+these rows show how much of the difference our layers are."""
 
 from __future__ import annotations
 

@@ -72,4 +72,6 @@ def waitlist_entry(decision: Decision) -> WaitlistEntryOut:
         status=decision.status,  # type: ignore[arg-type]
         joined_at=iso_or_none(decision.joined_at),
         notified_at=iso_or_none(decision.notified_at),
+        expires_at=iso_or_none(decision.expires_at),
+        expired_at=iso_or_none(decision.expired_at),
     )

@@ -7,10 +7,10 @@ Decisions the engine took against a request are not errors: handlers return
 them as 409 `Rejection`s (`api.decisions`).
 
 Two places use `resolve`: Litestar's exception handler (errors raised by
-handlers, and by the router: 404, 405) and `ErrorBoundary`, a middleware
-that answers errors raised by the middleware inside it (401 from the key
-check, 429 from the rate limiter), so that the request log and the request
-metrics outside it see the real status.
+handlers, and by the router: 404, 405) and `answer`, which the request middleware
+(`api.middleware`) calls for errors raised by the middleware inside it (401 from
+the key check, 429 from the rate limiter), so that the request log and the
+request metrics see the real status.
 """
 
 from __future__ import annotations
@@ -21,18 +21,17 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response
-from litestar.enums import MediaType, ScopeType
+from litestar.enums import MediaType
 from litestar.exceptions import (
     HTTPException,
     TooManyRequestsException,
     ValidationException,
 )
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import Scope, Send
 
 from resv.api import metrics, oplog
 from resv.api.schemas import ErrorBody, ErrorCode
-from resv.engine.errors import BadArgument, EngineUnavailable
+from resv.engine.errors import BadArgument, EngineRefused, EngineUnavailable
 
 log = logging.getLogger(oplog.LOGGER)
 
@@ -104,6 +103,8 @@ def resolve(exc: BaseException, scope: Scope | None = None) -> Failure:
             return _internal(exc, scope)
         detail = safe_detail(exc.detail) if status == 400 else None
         return Failure(status, ErrorBody(error=error, detail=detail), _passed_headers(exc))
+    if isinstance(exc, EngineRefused):  # the guard: /ready and the operator log say why
+        return Failure(503, ErrorBody(error="UNAVAILABLE"), {"Retry-After": RETRY_AFTER_UNAVAILABLE})
     if isinstance(exc, (EngineUnavailable, TimeoutError)):
         metrics.REDIS_ERRORS.inc()
         log.warning("engine unavailable", extra={"resv": {
@@ -133,19 +134,14 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
                     headers=failure.headers)
 
 
-class ErrorBoundary(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
-
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
-        try:
-            await next_app(scope, receive, send)
-        except Exception as exc:  # raised by a middleware, before any response
-            failure = resolve(exc, scope)
-            body = failure.encoded()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in (failure.headers or {}).items()]
-            await send({"type": "http.response.start", "status": failure.status, "headers": headers})
-            await send({"type": "http.response.body", "body": body, "more_body": False})
+async def answer(exc: Exception, scope: Scope, send: Send) -> None:
+    """Answers an error a middleware raised before any response started."""
+    failure = resolve(exc, scope)
+    body = failure.encoded()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode("latin-1")) for k, v in (failure.headers or {}).items()]
+    await send({"type": "http.response.start", "status": failure.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def validation_detail(exc: ValidationException) -> str:

@@ -1,13 +1,16 @@
 """Liveness (GET /health) and readiness (GET /ready), both without a key.
 
-/ready answers "can this process commit": 200 when Redis answers PING and
-the Lua library is loaded (FCALL_RO resv_version; a missing library is
-loaded again, as the engine would on its next call), else 503. Without the
+/ready answers "can this process commit": 200 when Redis answers PING, the
+Lua library is loaded (FCALL_RO resv_version; a missing library is loaded
+again, as the engine would on its next call), the engine state is not behind
+the audit and the server keeps the durability profile's settings (the
+guard's last check, engine.Engine.check_guard); else 503. Without the
 operator key the body is only the status (a load balancer needs no key and
 learns nothing else). With it, the body names each check `up`, `down` or
-`not_configured`, never why, and the archiver's lag: `audit` (PostgreSQL,
-only when DATABASE_URL is set: a connection and `SELECT 1`) is reported but
-does not decide readiness, since commits need Redis alone.
+`not_configured`, the archiver's lag, and in `problems` why the engine
+refuses calls (never a driver's message). `audit` (PostgreSQL, only when
+DATABASE_URL is set: a connection and `SELECT 1`) is reported but does not
+decide readiness, since commits need Redis alone.
 """
 
 from __future__ import annotations
@@ -58,17 +61,23 @@ class HealthController(Controller):
     @get("/ready", operation_id="getReadiness", opt={PUBLIC: True}, security=[{}, *docs.SECURED],
          responses={503: ResponseSpec(
              data_container=Readiness, generate_examples=False,
-             description="Cannot commit: Redis or the Lua library is down (`UNAVAILABLE`). With the "
-                         "operator key `checks` names which.")})
+             description="Cannot commit: Redis or the Lua library is down, the engine state is behind "
+                         "the audit or the server lost the durability profile's settings (`UNAVAILABLE`). "
+                         "With the operator key `checks` names which and `problems` says why.")})
     async def ready(self, request: Request[Any, Any, Any]) -> Response[Readiness]:
         """Readiness: 200 when the process can commit (Redis and the Lua
-        library answer), else 503. Needs no key; with the operator key the
-        body also names each check (`redis`, `library`, `audit`) and the
-        archiver's lag. The audit being down does not fail readiness."""
+        library answer, the state-loss guard and the durability check pass),
+        else 503. Needs no key; with the operator key the body also names
+        each check (`redis`, `library`, `state`, `durability`, `audit`), the
+        archiver's lag and the refusal's `problems`. The audit being down
+        does not fail readiness."""
         svc = services(request)
         checks = {"redis": await _check("redis", svc.engine.ping())}
         checks["library"] = await _check("library", svc.engine.library_ready()) if checks["redis"] == "up" else "down"
-        ready = checks["redis"] == "up" and checks["library"] == "up"
+        refusal = svc.engine.refusal  # the guard's last check (engine.Engine.check_guard)
+        checks["state"] = "down" if refusal is not None and refusal.state else "up"
+        checks["durability"] = "down" if refusal is not None and refusal.durability else "up"
+        ready = all(checks[c] == "up" for c in ("redis", "library", "state", "durability"))
         status = 200 if ready else 503
         caller = svc.keyring.identify(authorization_header(request.scope))
         if caller is None or caller.role != "operator":
@@ -80,6 +89,7 @@ class HealthController(Controller):
         lag = await _archiver_lag(svc.audit) if checks["redis"] == "up" else None
         if not ready:
             return decisions.json(Readiness(status="unavailable", checks=checks, archiver_lag=lag,  # type: ignore[return-value,arg-type]
+                                            problems=list(refusal.problems) if refusal else None,
                                             error="UNAVAILABLE"), status)
         return decisions.json(Readiness(status="ready", checks=checks, archiver_lag=lag), status)  # type: ignore[return-value,arg-type]
 

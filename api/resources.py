@@ -75,7 +75,9 @@ def state_of(resource: Resource) -> ResourceState:
         waitlist_enabled=resource.waitlist_enabled,
         max_per_request=resource.max_per_request,
         max_per_client=resource.max_per_client,
+        notify_window_ms=resource.notify_window_ms,
         waitlist_length=resource.waitlist_length,
+        notified=resource.notified,
         created_at=iso_or_none(resource.created_at),
         updated_at=iso_or_none(resource.updated_at),
     )
@@ -108,6 +110,7 @@ class ResourceController(Controller):
             waitlist_enabled=body.waitlist_enabled,
             max_per_request=body.max_per_request,
             max_per_client=body.max_per_client,
+            notify_window_ms=body.notify_window_ms,
         )
         svc = services(request)
         decision = await svc.within_deadline(svc.engine.create_resource(spec, actor=actor_of(request.scope)))
@@ -130,6 +133,7 @@ class ResourceController(Controller):
             waitlist_enabled=bool(decision.waitlist_enabled),
             max_per_request=decision.max_per_request,
             max_per_client=decision.max_per_client,
+            notify_window_ms=decision.notify_window_ms or 900_000,
             created_at=iso_from_us(decision.ts),
         )
         return decisions.json(body, 201, etag(version))  # type: ignore[return-value]

@@ -67,6 +67,12 @@ ResourceType = Annotated[
 Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
 Capacity = Annotated[int, Meta(ge=0, le=MAX_INT)]
 Limit = Annotated[int, Meta(ge=1, le=MAX_INT)]
+MAX_NOTIFY_WINDOW_MS = 30 * 86_400_000
+"""The Lua's bound on notify_window_ms (30 days)."""
+NotifyWindow = Annotated[int, Meta(
+    ge=1, le=MAX_NOTIFY_WINDOW_MS, examples=[900_000],
+    description="How long a waiting-list notification stays outstanding, in ms (default 900000, 15 minutes); "
+                "its quantity counts as promised meanwhile, then the entry is EXPIRED.")]
 Moment = Annotated[datetime, Meta(tz=True, description="ISO-8601 with a timezone, e.g. 2026-11-24T19:00:00Z.")]
 Timestamp = Annotated[
     str,
@@ -179,10 +185,15 @@ class WaitlistEntryOut(_Out, kw_only=True):
     client_id: ClientId
     quantity: int
     position: int | None
-    """1-based place in the waiting list while WAITING; null otherwise."""
-    status: Literal["WAITING", "NOTIFIED", "FULFILLED", "LEFT"]
+    """1-based place in the waiting list (join order) while WAITING; null otherwise."""
+    status: Literal["WAITING", "NOTIFIED", "EXPIRED", "FULFILLED", "LEFT"]
+    """EXPIRED: notified, and the notify window passed without a reservation;
+    the client may join again."""
     joined_at: Timestamp | None = None
     notified_at: Timestamp | None = None
+    expires_at: Timestamp | None = None
+    """While NOTIFIED: when the notification lapses."""
+    expired_at: Timestamp | None = None
 
 
 # -------------------------------------------------------------- resources
@@ -200,12 +211,15 @@ class ResourceCreate(_In, kw_only=True):
     max_per_request: Limit | None = None
     max_per_client: Limit | None = None
     """Most a client may hold confirmed in total."""
+    notify_window_ms: NotifyWindow | None = None
+    """null: the default, 900000 (15 minutes)."""
 
 
 class ResourcePatch(_In, kw_only=True):
     """Any of the rules, or the state. An absent field is left as it is;
     null clears an optional rule (opens_at, closes_at, max_per_request,
-    max_per_client)."""
+    max_per_client) and sets notify_window_ms back to its default. A new
+    notify window applies to notifications sent from then on."""
 
     type: ResourceType | UnsetType = UNSET
     capacity: Capacity | UnsetType = UNSET
@@ -215,6 +229,7 @@ class ResourcePatch(_In, kw_only=True):
     waitlist_enabled: bool | UnsetType = UNSET
     max_per_request: Limit | None | UnsetType = UNSET
     max_per_client: Limit | None | UnsetType = UNSET
+    notify_window_ms: NotifyWindow | None | UnsetType = UNSET
 
 
 class ResourceCreated(_Out, kw_only=True):
@@ -230,6 +245,7 @@ class ResourceCreated(_Out, kw_only=True):
     waitlist_enabled: bool
     max_per_request: int | None
     max_per_client: int | None
+    notify_window_ms: int
     created_at: Timestamp
 
 
@@ -251,7 +267,12 @@ class ResourceState(_Out, kw_only=True):
     waitlist_enabled: bool
     max_per_request: int | None
     max_per_client: int | None
+    notify_window_ms: int
     waitlist_length: int
+    """Entries WAITING."""
+    notified: int
+    """Seats promised to outstanding waiting-list notifications: entries are
+    notified against remaining minus this."""
     created_at: Timestamp | None
     updated_at: Timestamp | None
 
@@ -274,8 +295,14 @@ class Readiness(_Out, kw_only=True, omit_defaults=True):
     status: Literal["ready", "unavailable"]
     checks: dict[str, Literal["up", "down", "not_configured"]] | None = None
     """Operator key only: redis (PING), library (the Lua functions loaded),
-    audit (PostgreSQL, only when DATABASE_URL is set; reported, not judged)."""
+    state (the engine state is not behind the audit), durability (the server
+    keeps the RESV_DURABILITY profile's settings), audit (PostgreSQL, only
+    when DATABASE_URL is set; reported, not judged)."""
     archiver_lag: ArchiverLag | None = None
     """How far the audit is behind, over all partitions (when Redis is up).
     Reported, not judged: a lagging audit does not make the API unready."""
+    problems: list[str] | None = None
+    """Why the engine refuses calls, in words for operators (e.g. "engine
+    state is behind the audit: run `resv restore`", or the strict-profile
+    setting the server lost); absent when it does not."""
     error: Literal["UNAVAILABLE"] | None = None

@@ -16,16 +16,21 @@ from resv.api.deadline import Deadline
 from resv.api.settings import ApiSettings
 from resv.archiver.reads import AuditReader
 from resv.engine import Engine
+from resv.notifier.manage import WebhookStore
 
 
 class Services:
-    def __init__(self, settings: ApiSettings, engine: Engine, audit: AuditReader) -> None:
+    def __init__(self, settings: ApiSettings, engine: Engine, audit: AuditReader,
+                 webhooks: WebhookStore | None = None) -> None:
         self.settings = settings
         self.engine = engine
         self.keyring = KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)
         """Who a caller is, on routes the key check skips (/ready's details)."""
         self.audit = audit
         """The audit's read side for the operator routes (resv.archiver.reads)."""
+        self.webhooks = webhooks
+        """Webhook endpoints and deliveries (resv.notifier.manage), on the
+        audit's pool; None without DATABASE_URL."""
         self.deadline = Deadline(settings.request_deadline_s)
         self.within_deadline = self.deadline.run
         """Awaits an engine call for at most the request deadline (503 past it)."""

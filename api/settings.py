@@ -26,6 +26,13 @@ class ApiKey(msgspec.Struct, frozen=True):
         return f"ApiKey(role={self.role!r}, secret=<hidden>)"
 
 
+class Secret(msgspec.Struct, frozen=True):
+    value: str
+
+    def __repr__(self) -> str:
+        return "Secret(<hidden>)"
+
+
 class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     engine: EngineSettings = EngineSettings()
     """The engine's settings (REDIS_URL, RESV_PARTITIONS, RESV_REDIS_*)."""
@@ -64,10 +71,20 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     request_deadline_s: float = 3.0
     """RESV_REQUEST_DEADLINE_S: longest time one request waits for Redis
     (retries included) before answering 503."""
+    console_secret: Secret | None = None
+    """RESV_CONSOLE_SECRET: signs and encrypts the console's session cookies
+    (and its CSRF tokens); every worker and host must share it. Unset: derived
+    from the operator keys (api/console/session.py)."""
+    console_sign_in_limit: int = 10
+    """RESV_CONSOLE_SIGN_IN_LIMIT: console sign-in attempts (POST
+    /console/sign-in) per minute per client address, per server process;
+    more get a 429 page. 0: no limit. The address is the one uvicorn reports
+    (behind a proxy, from X-Forwarded-For only when the proxy is in
+    FORWARDED_ALLOW_IPS)."""
     bench_echo: bool = False
     """RESV_BENCH_ECHO=1: adds /bench/echo routes (GET and POST) that go
-    through the same middleware but do no engine work; the benchmark's
-    ceiling. Off in production."""
+    through the same middleware but do no engine work (`make bench-api`'s
+    in-app echo rows). Off in production."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ApiSettings:
@@ -85,7 +102,9 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             body_timeout_s=_float(env, "RESV_BODY_TIMEOUT_S", 10.0, low=0.1),
             max_json_depth=_int(env, "RESV_MAX_JSON_DEPTH", 32, low=2),
             request_deadline_s=_float(env, "RESV_REQUEST_DEADLINE_S", 3.0, low=0.1),
+            console_sign_in_limit=_int(env, "RESV_CONSOLE_SIGN_IN_LIMIT", 10, low=0),
             bench_echo=_flag(env, "RESV_BENCH_ECHO"),
+            console_secret=Secret(env["RESV_CONSOLE_SECRET"]) if env.get("RESV_CONSOLE_SECRET") else None,
         )
 
     def check(self, *, needs_redis_url: bool = True) -> None:
@@ -95,6 +114,8 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
                 "no API key: set RESV_API_KEYS (e.g. operator:op-secret,client:web-secret), "
                 "or RESV_INSECURE_NO_AUTH=1 to serve without authentication"
             )
+        if self.console_secret is not None and len(self.console_secret.value) < 32:
+            raise ValueError("RESV_CONSOLE_SECRET must be at least 32 characters")
         if needs_redis_url and not self.engine.redis_url:
             raise ValueError("no Redis: set REDIS_URL")
 

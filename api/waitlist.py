@@ -2,8 +2,11 @@
 
 One active entry per client and resource: joining again returns the same
 entry (200 instead of 201). When capacity frees up (a cancellation, a larger
-capacity), the engine notifies waiting entries in join order that fit in it
-(status NOTIFIED); the client then reserves as usual.
+capacity, a notification that lapsed), the engine notifies waiting entries in
+join order that fit in what is really free (status NOTIFIED; seats promised to
+outstanding notifications do not count); the client then reserves as usual.
+A notification grants no right and lasts the resource's notify_window_ms:
+then the entry is EXPIRED and the client may join again.
 """
 
 from __future__ import annotations
@@ -79,10 +82,12 @@ class WaitlistController(Controller):
             status=found.status,
             joined_at=iso_or_none(found.joined_at),
             notified_at=iso_or_none(found.notified_at),
+            expires_at=iso_or_none(found.expires_at),
+            expired_at=iso_or_none(found.expired_at),
         )
 
     @delete("/{entry_id:str}", operation_id="leaveWaitingList", status_code=200,
-            responses=docs.errors(400, 404, rejection="The entry has already become a reservation (INVALID_STATE)."))
+            responses=docs.errors(400, 404, rejection="The entry has already become a reservation, or its notification expired (INVALID_STATE)."))
     async def leave(self, request: Request[Any, Any, Any], entry_id: EntryIdPath) -> WaitlistEntryOut:
         """Leaves the waiting list (status LEFT). Repeating it returns the same."""
         if resource_of(entry_id) is None:

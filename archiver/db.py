@@ -10,18 +10,20 @@ from resv.archiver.store import CREATE_STAGING
 
 
 async def open_pool(database_url: str, *, for_archiver: bool = False, max_size: int = 4,
-                    timeout: float = 5.0) -> AsyncConnectionPool:
+                    timeout: float = 5.0, check: bool = True) -> AsyncConnectionPool:
     """A pool whose connections are checked before each use, so a PostgreSQL
     restart costs no failed request. for_archiver: each connection gets the
     archiver's staging tables (the schema must be migrated first).
-    timeout: how long a caller waits for a connection before PoolTimeout."""
+    timeout: how long a caller waits for a connection before PoolTimeout.
+    check=False: no check (one round trip less per use) for callers that
+    retry a failed statement anyway (the notifier)."""
     pool = AsyncConnectionPool(
         database_url,
         min_size=1,
         max_size=max_size,
         open=False,
         timeout=timeout,
-        check=AsyncConnectionPool.check_connection,
+        check=AsyncConnectionPool.check_connection if check else None,
         configure=_prepare_archiver_connection if for_archiver else None,
         name="resv-archiver" if for_archiver else "resv-audit",
     )

@@ -29,10 +29,12 @@ from redis.asyncio import Redis
 
 from resv.archiver import streams
 from resv.archiver.lag import stream_lag
+from resv.archiver.marks import read_marks
 from resv.archiver.metrics import ArchiverMetrics
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.store import Row, count_entries, event_rows, store_rows
 from resv.archiver.streams import Entry
+from resv.engine import StateError, check_state
 
 log = logging.getLogger("resv.archiver")
 
@@ -67,6 +69,11 @@ class Archiver:
         self._resume_at = 0.0
         self._next_forget = 0.0
         self._crash = _CrashPoint(settings.crash_at)
+        self.deployment_id: str | None = None
+        """The deployment the archived marks are recorded under (set by the state check)."""
+        self.refusing: str | None = None
+        """Why the archiver archives nothing now (the engine state is behind the audit)."""
+        self._next_check = 0.0
 
     # ---------------------------------------------------------------- loop
 
@@ -78,6 +85,13 @@ class Archiver:
             return 0
         try:
             archived = await self.drain()
+        except StateError as exc:
+            self._resume_at = time.monotonic() + self.settings.max_backoff_s
+            if str(exc) != self.refusing:
+                log.error("archiver: refusing to archive (no stream or group is created until this is "
+                          "fixed): %s", exc)
+            self.refusing = str(exc)
+            return 0
         except Exception as exc:
             self._backoff = min(self.settings.max_backoff_s, max(self.settings.interval_s, self._backoff * 2))
             self._resume_at = time.monotonic() + self._backoff
@@ -112,8 +126,11 @@ class Archiver:
         if not self._ready:
             if self._on_ready is not None:
                 await self._on_ready()
+            await self.check_state()
             await streams.ensure_groups(self.redis, self.partitions)
             self._ready = True
+        elif time.monotonic() >= self._next_check:
+            await self.check_state()
         await self._forget_idle_consumers()
         total = 0
         fetching: asyncio.Future | None = asyncio.ensure_future(self._fetch(reclaim=True))
@@ -145,14 +162,35 @@ class Archiver:
                     await acking
                     acking = None
                     fetching = asyncio.ensure_future(self._fetch(reclaim=False))
-        except BaseException:
+        except BaseException as exc:
             self._recovering = True  # re-read what we hold before anything new
+            if isinstance(exc, streams.GroupsLost):
+                self._ready = False  # the state check decides whether groups come back
             raise
         finally:
             for task in (acking, fetching):  # after a failure: what they hold stays pending
                 if task is not None:
                     with contextlib.suppress(Exception):
                         await task
+
+    async def check_state(self) -> None:
+        """Compares the engine state with the audit (engine/deployment.py)
+        before anything is created in Redis, and every
+        RESV_DURABILITY_CHECK_S: raises StateError (PartitionsMismatch too)
+        while the state is behind; writes the deployment records of a fresh
+        deployment."""
+        assert self.pool is not None, "no PostgreSQL pool"
+        state = await check_state(self.redis, len(self.partitions), await read_marks(self.pool))
+        self.metrics.state_behind.set(1 if state.problem else 0)
+        if state.problem:
+            self._ready = False
+            raise StateError(state.problem + ": " + "; ".join(
+                f"partition {p}: {why}" for p, why in sorted(state.behind.items())))
+        if self.refusing:
+            log.warning("archiver: the engine state is no longer behind the audit; archiving again")
+            self.refusing = None
+        self.deployment_id = state.deployment_id
+        self._next_check = time.monotonic() + self.settings.check_interval_s
 
     async def _fetch(self, reclaim: bool) -> tuple[dict[int, list[Entry]], list[Row], bool]:
         batch, fresh = await self._next_batch(reclaim)
@@ -182,7 +220,7 @@ class Archiver:
             return 0
         assert self.pool is not None, "no PostgreSQL pool"
         async with self.pool.connection() as conn:
-            return await store_rows(conn, rows, self._crash.check, fresh=fresh)
+            return await store_rows(conn, rows, self._crash.check, fresh=fresh, deployment_id=self.deployment_id)
 
     async def _acknowledge(self, batch: dict[int, list[Entry]], rows: list[Row], inserted: int,
                            started: float) -> None:

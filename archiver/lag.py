@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from redis.asyncio import Redis
 
-from resv.archiver.streams import GROUP, next_id, parse_id
+from resv.archiver.streams import GROUP, group_replies, next_id, parse_id
 from resv.engine.keys import stream_key
 
 _COUNT_CAP = 10_000  # undelivered entries counted one by one, when the server cannot tell
@@ -23,14 +23,7 @@ async def stream_lag(redis: Redis, partitions: int | Iterable[int]) -> dict[int,
     decode responses (as the engine's client does). Two round trips at most.
     """
     parts = list(range(partitions)) if isinstance(partitions, int) else list(partitions)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.time()
-        for p in parts:
-            key = stream_key(p)
-            pipe.execute_command("XINFO", "GROUPS", key)
-            pipe.execute_command("XPENDING", key, GROUP)
-            pipe.execute_command("XINFO", "STREAM", key)
-        replies = await pipe.execute(raise_on_error=False)
+    replies = await group_replies(redis, parts, time=True)
     seconds, micros = replies[0]
     now_ms = int(seconds) * 1000 + int(micros) // 1000
 

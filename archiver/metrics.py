@@ -32,4 +32,8 @@ class ArchiverMetrics:
             "resv_archiver_batch_entries", "Entries per batch.",
             buckets=(1, 10, 100, 1000, 5000, 20000, 80000), registry=r,
         )
+        self.state_behind = Gauge(
+            "resv_archiver_state_behind", "1 while the engine state is behind the audit: nothing is archived "
+            "(run `resv restore`).", registry=r,
+        )
         self.errors = Counter("resv_archiver_errors", "Failed drains (the batch is retried).", ["stage"], registry=r)

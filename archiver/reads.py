@@ -12,20 +12,37 @@ from __future__ import annotations
 
 from redis.asyncio import Redis
 
+from resv.archiver import listing
 from resv.archiver.lag import stream_lag
+from resv.engine import AuditMark
+from resv.archiver.listing import NotifiedEntry, ResourceList, ResourceRow
+from resv.archiver.streams import parse_id
 from resv.archiver.timeline import (
     MAX_LIMIT,
+    MAX_SLICE,
+    OUTCOMES,
     AuditUnavailable,
     InvalidCursor,
     RequestDecisions,
     TimelineEvent,
+    TimelineFilter,
     TimelinePage,
+    TimelineSlice,
     request_decisions,
+    resource_slice,
     resource_timeline,
 )
 
 __all__ = [
     "MAX_LIMIT",
+    "MAX_SLICE",
+    "OUTCOMES",
+    "NotifiedEntry",
+    "ResourceList",
+    "ResourceRow",
+    "TimelineFilter",
+    "TimelineSlice",
+    "parse_id",
     "AuditReader",
     "AuditUnavailable",
     "InvalidCursor",
@@ -68,6 +85,32 @@ class AuditReader:
                                 after: str | None = None, limit: int = 100) -> RequestDecisions:
         return await request_decisions(self.redis, self.pool, request_id, self.partitions,
                                        resource_id=resource_id, after=after, limit=limit)
+
+    async def marks(self) -> dict[int, AuditMark]:
+        """The audit marks the engine's state-loss guard compares with
+        (archiver/marks.py). Needs DATABASE_URL."""
+        from resv.archiver.marks import read_marks  # psycopg only when there is an audit
+
+        return await read_marks(self.pool)
+
+    async def timeline_slice(self, resource_id: str, *, after: str | None = None, before: str | None = None,
+                             limit: int = 100, where: TimelineFilter = TimelineFilter()) -> TimelineSlice:
+        """Keyset pages both ways over stream ids, filtered (the console)."""
+        return await resource_slice(self.redis, self.pool, resource_id, self.partitions,
+                                    after=after, before=before, limit=limit, where=where)
+
+    async def resources(self, *, search: str | None = None, type_: str | None = None,
+                        after: str | None = None, limit: int = 50) -> ResourceList | None:
+        """The audit's resources projection; None without DATABASE_URL."""
+        if self.pool is None:
+            return None
+        return await listing.resources(self.pool, search=search, type_=type_, after=after, limit=limit)
+
+    async def notified_entries(self, resource_id: str, *, limit: int = 100) -> list[NotifiedEntry] | None:
+        """Waiting-list entries NOTIFIED and not settled; None without DATABASE_URL."""
+        if self.pool is None:
+            return None
+        return await listing.notified_entries(self.pool, resource_id, limit=limit)
 
     async def lag(self) -> dict[int, dict[str, float]]:
         """Per partition: entries not yet archived, and the age of the oldest."""

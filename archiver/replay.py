@@ -9,10 +9,15 @@ between the `-- @clock-begin` and `-- @clock-end` markers becomes a
 recorded time, with its recorded actor, in stream order per partition, and
 everything the call appends to the scratch stream is compared with what was
 logged: the decision itself and its consequences (WAITLIST_NOTIFIED,
-WAITLIST_FULFILLED, which are compared, never re-issued). When consecutive
-events were decided by different releases (an upgrade), the scratch server
-switches library between them and keeps its keys: a release reads the state
-its predecessor wrote, as a live upgrade requires.
+WAITLIST_FULFILLED, WAITLIST_EXPIRED, which are compared, never re-issued).
+A lapsed notification is a consequence of whichever call came first from
+its deadline on, or of a sweep: the sweep logs its decision (WAITLIST_SWEPT)
+before what it expired and notified, and is re-issued at its recorded time
+like any call, so the replay lapses exactly what the log says lapsed. A
+sweep that changed nothing logged nothing and is not needed. When
+consecutive events were decided by different releases (an upgrade), the
+scratch server switches library between them and keeps its keys: a release
+reads the state its predecessor wrote, as a live upgrade requires.
 
 Idempotency records: the replay passes the longest ttl the Lua accepts and
 expires each record itself at the recorded time (set time + ttl), so a retry
@@ -44,10 +49,10 @@ local function server_now()
 end
 {CLOCK_END}"""
 
-CONSEQUENCES = frozenset({"WAITLIST_NOTIFIED", "WAITLIST_FULFILLED"})
+CONSEQUENCES = frozenset({"WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_EXPIRED"})
 MAX_TTL_MS = 365 * 86_400_000  # the longest idempotency ttl resv_reserve accepts
 RULES = ("type", "capacity", "state", "opens_at", "closes_at", "waitlist_enabled",
-         "max_per_request", "max_per_client")
+         "max_per_request", "max_per_client", "notify_window_ms")
 # Columns of `events` compared with the replayed entry (as parsed from it).
 COMPARED_COLUMNS = ("type", "decision", "code", "reason", "resource_id", "client_id", "quantity",
                     "request_id", "reservation_id", "entry_id", "version", "remaining", "ts")
@@ -115,6 +120,12 @@ def resource_keys_at(partition: int, rid: str) -> tuple[str, ...]:
     return (f"{p}res:{rid}", f"{p}bk:{rid}", f"{p}cl:{rid}", f"{p}wl:{rid}", f"{p}we:{rid}", f"{p}events")
 
 
+def waitlist_keys_at(partition: int, rid: str) -> tuple[str, ...]:
+    """The three waiting-list keys (after the others in a write call)."""
+    p = prefix(partition)
+    return (f"{p}wq:{rid}", f"{p}wn:{rid}", f"{p}notified")
+
+
 class Planner:
     """Turns a partition's logged events, in stream order, into calls.
 
@@ -146,19 +157,23 @@ class Planner:
         e = group[0]
         f = e.fields
         rid = f.get("resource_id", "")
-        ks = resource_keys_at(partition, rid)
         t = e.type or ""
         g = lambda name: f.get(name, "")
         lib = parse_int(f.get("lib")) or 1
+        # Release 1's write calls take the six resource keys; later ones
+        # also take the waiting-list keys (KEYS[7..9], after the request key).
+        wl = () if lib == 1 else waitlist_keys_at(partition, rid)
+        ks = resource_keys_at(partition, rid) + wl
         actor = f.get("actor")
         # re-issued as it was asked: the actor where the contract puts it
-        # (a pair in resv_configure, the trailing argument elsewhere)
+        # (a pair in resv_configure, ARGV[9] of resv_create, the trailing
+        # argument elsewhere)
         by: tuple[str, ...] = () if not actor else (actor,)
 
         def call(function: str, *args: str, keys: tuple[str, ...] = ks, inferred: bool = False,
-                 expire: tuple[str, ...] = ()) -> Call:
-            tail = ("actor", *by) if by and function == "resv_configure" else by
-            return Call(events=group, function=function, keys=keys, args=(rid, *args, *tail),
+                 expire: tuple[str, ...] = (), tail: bool = True) -> Call:
+            after = (("actor", *by) if by and function == "resv_configure" else by) if tail else ()
+            return Call(events=group, function=function, keys=keys, args=(rid, *args, *after),
                         expire_first=expire, inferred=inferred, lib=lib)
 
         if replay_release(lib) is None:
@@ -170,26 +185,33 @@ class Planner:
             return self._unplayable(group, "no resource_id")
         if t == "RESOURCE_CREATED":
             self._rules_seen(f)
-            return call("resv_create", g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
-                        g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"))
+            rules = (g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
+                     g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"))
+            if lib == 1:
+                return call("resv_create", *rules)
+            return call("resv_create", *rules, actor or "", g("notify_window_ms"), tail=False)
         if t == "RESOURCE_REJECTED":
             # ALREADY_EXISTS depends on existence only; the attempted rules are not logged.
             return call("resv_create", "replay", "0", "", "", "0", "", "")
         if t == "RULES_CHANGED":
             self._rules_seen(f)
             version = parse_int(f.get("version")) or 1
-            pairs = [x for rule in RULES for x in (rule, g("resource_type" if rule == "type" else rule))]
+            # release 1 had no notify window rule
+            rules = [r for r in RULES if lib > 1 or r != "notify_window_ms"]
+            pairs = [x for rule in rules for x in (rule, g("resource_type" if rule == "type" else rule))]
             return call("resv_configure", str(version - 1), *pairs)
         if t == "RULES_REJECTED":
             return self._rejected_configure(f, call)
         if t.startswith("RESERVATION_") and t != "RESERVATION_CANCELLED":
-            return self._reserve(partition, e, call)
+            return self._reserve(partition, e, call, wl)
         if t in ("RESERVATION_CANCELLED", "CANCEL_REPLAYED", "CANCEL_REJECTED"):
             return call("resv_cancel", g("reservation_id"))
         if t in ("WAITLIST_JOINED", "WAITLIST_JOIN_REPLAYED", "WAITLIST_REJECTED"):
             return call("resv_wl_join", g("client_id"), g("quantity"))
         if t in ("WAITLIST_LEFT", "WAITLIST_LEAVE_REPLAYED", "WAITLIST_LEAVE_REJECTED"):
             return call("resv_wl_leave", g("entry_id"))
+        if t == "WAITLIST_SWEPT":
+            return call("resv_wl_sweep")
         return self._unplayable(group, f"no call logs a {t or 'typeless'} event")
 
     @staticmethod
@@ -225,10 +247,16 @@ class Planner:
         return call("resv_configure", expected or str(version or 0), *(requested or ["state", "OPEN"]),
                     inferred=True)
 
-    def _reserve(self, partition: int, e: TimelineEvent, call) -> Call:
+    def _reserve(self, partition: int, e: TimelineEvent, call, wl: tuple[str, ...]) -> Call:
         f = e.fields
         rid, request_id = f.get("resource_id", ""), f.get("request_id", "")
-        req_key = request_key_at(partition, rid, request_id, f.get("actor"))  # the recorded scope
+        # From release 3 an actor scopes the request id, and the call reads
+        # the unscoped record too (KEYS[11]: one an earlier release wrote),
+        # unless a release-2 process made the call (request_scope=resource)
+        scoped = (parse_int(f.get("lib")) or 1) >= 3 and f.get("request_scope") != "resource"
+        actor = f.get("actor") if scoped else None
+        req_key = request_key_at(partition, rid, request_id, actor)
+        unscoped = (request_key_at(partition, rid, request_id),) if actor else ()
         ts = e.ts or 0
         expire: tuple[str, ...] = ()
         if req_key in self.expires and self.expires[req_key] <= ts:
@@ -237,7 +265,7 @@ class Planner:
         # The Lua records the decision under the request id unless it was a
         # replay or a refused reuse of the id.
         logged_ttl = parse_int(f.get("idempotency_ttl_ms"))
-        # (UNKNOWN_RESOURCE leaves none since release 2: it logs no ttl then)
+        # (UNKNOWN_RESOURCE leaves none since release 3: it logs no ttl then)
         reason = f.get("reason")
         if (e.type in ("RESERVATION_CONFIRMED", "RESERVATION_REJECTED") and reason != "REQUEST_ID_REUSED"
                 and (reason != "UNKNOWN_RESOURCE" or logged_ttl is not None)):
@@ -248,7 +276,8 @@ class Planner:
         # longest ttl, for the same reason.
         ttl = str(logged_ttl or MAX_TTL_MS)
         return call("resv_reserve", f.get("client_id", ""), f.get("quantity", ""), request_id, ttl,
-                    keys=(*resource_keys_at(partition, rid), req_key), expire=expire)
+                    keys=(*resource_keys_at(partition, rid), req_key, *wl, *unscoped),
+                    expire=expire)
 
 
 async def replay(scratch: Redis, partition: int, calls: list[Call]) -> list[Mismatch]:

@@ -1,5 +1,11 @@
 """`resv archiver`: the archiver process.
 
+Before anything is created in Redis, the engine state is compared with the
+audit (engine/deployment.py): while it is behind (Redis lost archived
+decisions) the archiver archives nothing, creates no stream and no group,
+logs why, and checks again; `--once` exits 1 then. A RESV_PARTITIONS other
+than the deployment's stops it at start (exit 2).
+
 An APScheduler job drains every partition stream each interval (one run at a
 time: max_instances=1, coalesce=True; a run drains until the streams are
 empty, so an overrun just means the next run starts when it ends). Migrations
@@ -26,6 +32,9 @@ from resv.archiver.drain import Archiver
 from resv.archiver.metrics import ArchiverMetrics
 from resv.archiver.migrate import apply_migrations
 from resv.archiver.settings import ArchiverSettings
+from resv.archiver.sweep import Sweeper
+from resv.engine import Engine, open_client
+from resv.engine import PartitionsMismatch, StateError, check_partitions, read_records
 from resv.engine.settings import Settings
 
 log = logging.getLogger("resv.archiver")
@@ -48,7 +57,21 @@ def run(args: argparse.Namespace) -> int:
     if not database_url or not redis_url:
         print("resv archiver: set DATABASE_URL and REDIS_URL (or pass --database-url/--redis-url)", file=sys.stderr)
         return 2
-    return asyncio.run(serve(redis_url, database_url, engine_settings.partitions, settings, once=args.once))
+    return asyncio.run(serve(redis_url, database_url, engine_settings.partitions, settings, once=args.once,
+                             engine_settings=engine_settings))
+
+
+async def _open_redis(redis_url: str, settings: Settings) -> tuple[Redis, Settings]:
+    """The streams' client: redis-py's cluster client on a Redis Cluster
+    (RESV_REDIS_CLUSTER; auto asks the server, and waits for it to answer)."""
+    while True:
+        try:
+            return await open_client(redis_url, settings, socket_timeout=10, socket_connect_timeout=2)  # type: ignore[return-value]
+        except ValueError:
+            raise
+        except Exception as exc:
+            log.warning("archiver: Redis does not answer (%s: %s); asking again in 1 s", type(exc).__name__, exc)
+            await asyncio.sleep(1.0)
 
 
 def tune_gc() -> None:
@@ -62,13 +85,18 @@ def tune_gc() -> None:
 
 
 async def serve(redis_url: str, database_url: str, partitions: int, settings: ArchiverSettings,
-                *, once: bool = False) -> int:
+                *, once: bool = False, engine_settings: Settings | None = None) -> int:
     tune_gc()
     metrics = ArchiverMetrics()
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
-    redis = Redis.from_url(redis_url, decode_responses=True, socket_timeout=10, socket_connect_timeout=2)
+    engine_settings = engine_settings or Settings(partitions=partitions)
+    redis, engine_settings = await _open_redis(redis_url, engine_settings)
+    partitions = engine_settings.partitions  # a cluster's default when RESV_PARTITIONS is unset
     pool = None
+    # the sweep's commits go through the engine, like every other commit
+    engine = Engine(engine_settings, redis_url)
+    sweeper = Sweeper(engine, partitions)
 
     async def prepare() -> None:
         nonlocal pool
@@ -79,26 +107,40 @@ async def serve(redis_url: str, database_url: str, partitions: int, settings: Ar
             archiver.pool = pool
 
     archiver = Archiver(redis, None, partitions, settings, metrics, on_ready=prepare)  # type: ignore[arg-type]
+    try:
+        check_partitions((await read_records(redis, partitions))[0], partitions)
+    except PartitionsMismatch as exc:
+        print(f"resv archiver: {exc}", file=sys.stderr)
+        await redis.aclose()
+        return 2
+    except Exception:  # Redis down: the drains retry, and check it then
+        pass
     log.info("archiver %s: %d partitions, batch %d, every %.0f ms",
              settings.consumer, partitions, settings.batch, settings.interval_s * 1000)
     try:
         if once:
             try:
                 n = await archiver.drain()
+            except StateError as exc:
+                log.error("archiver: refusing to archive (no stream or group created): %s", exc)
+                return 1
             except Exception as exc:
                 log.error("archiver: drain failed: %s: %s", type(exc).__name__, exc)
                 return 1
             log.info("archiver: archived %d entries", n)
+            if settings.sweep_interval_s > 0:
+                log.info("archiver: expired %d waiting-list notifications", await sweeper.run_once())
             return 0
-        await _schedule(archiver, settings)
+        await _schedule(archiver, settings, sweeper)
         return 0
     finally:
         if pool is not None:
             await pool.close()
+        await engine.aclose()
         await redis.aclose()
 
 
-async def _schedule(archiver: Archiver, settings: ArchiverSettings) -> None:
+async def _schedule(archiver: Archiver, settings: ArchiverSettings, sweeper: Sweeper) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -118,6 +160,11 @@ async def _schedule(archiver: Archiver, settings: ArchiverSettings) -> None:
         max_instances=1, coalesce=True, misfire_grace_time=None,
         next_run_time=datetime.now(UTC),
     )
+    if settings.sweep_interval_s > 0:
+        scheduler.add_job(
+            sweeper.run_once, "interval", seconds=settings.sweep_interval_s, id="archiver.sweep",
+            max_instances=1, coalesce=True, misfire_grace_time=None,
+        )
     scheduler.start()
     await stop.wait()
     log.info("archiver: stopping")

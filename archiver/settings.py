@@ -32,6 +32,14 @@ class ArchiverSettings(msgspec.Struct, frozen=True, kw_only=True):
     max_backoff_s: float = 5.0
     """RESV_ARCHIVER_MAX_BACKOFF_S: ceiling of the pause after a failed drain
     (PostgreSQL or Redis down); pauses double from the interval up to it."""
+    sweep_interval_s: float = 1.0
+    """RESV_WAITLIST_SWEEP_MS: how often the archiver asks the Lua to expire
+    lapsed waiting-list notifications (resv_wl_sweep) on resources where one
+    is due; expiry is never later than this past a deadline. 0 disables
+    (expiry then waits for the next write call on the resource)."""
+    check_interval_s: float = 30.0
+    """RESV_DURABILITY_CHECK_S: how often the engine state is compared with
+    the audit again while archiving (the engine's setting of the same name)."""
     metrics_port: int | None = None
     """RESV_ARCHIVER_METRICS_PORT: serve Prometheus metrics on this port."""
     consumer: str = ""
@@ -54,6 +62,8 @@ class ArchiverSettings(msgspec.Struct, frozen=True, kw_only=True):
             batch=num("RESV_ARCHIVER_BATCH", 5000) or 5000,
             claim_idle_ms=num("RESV_ARCHIVER_CLAIM_IDLE_MS", 5000),
             max_backoff_s=num("RESV_ARCHIVER_MAX_BACKOFF_S", 5.0, float) or 5.0,
+            sweep_interval_s=num("RESV_WAITLIST_SWEEP_MS", 1000) / 1000,
+            check_interval_s=num("RESV_DURABILITY_CHECK_S", 30.0, float) or 30.0,
             metrics_port=num("RESV_ARCHIVER_METRICS_PORT", None),
             consumer=env.get("RESV_ARCHIVER_CONSUMER") or default_consumer(),
             crash_at=env.get("RESV_ARCHIVER_CRASH_AT") or None,

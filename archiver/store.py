@@ -31,9 +31,15 @@ from psycopg.adapt import Dumper
 from psycopg.errors import UniqueViolation
 from psycopg.pq import Format
 
+from resv.archiver.marks import record_marks
 from resv.archiver.streams import Entry
 
 Checkpoint = Callable[[str], None]
+
+EVENTS_CHANNEL = "resv_events"
+"""NOTIFYed in each transaction that archives new events: PostgreSQL
+delivers it at commit, so a listener (the notifier) hears of a batch once it
+is visible, never before."""
 Row = tuple[Any, ...]
 
 EVENT_COLUMNS = (
@@ -76,13 +82,14 @@ ON CONFLICT (partition, stream_id) DO NOTHING
 _PROJECT_RULES = """
 INSERT INTO resources AS r (resource_id, partition, resource_type, capacity, state, opens_at,
                             closes_at, waitlist_enabled, max_per_request, max_per_client,
-                            rules_version, rules_ms, rules_seq, version, remaining,
+                            notify_window_ms, rules_version, rules_ms, rules_seq, version, remaining,
                             created_at, updated_at, last_ms, last_seq)
 SELECT DISTINCT ON (resource_id)
        resource_id, partition, fields->>'resource_type', resv_int(fields->>'capacity'),
        fields->>'state', resv_int(fields->>'opens_at'), resv_int(fields->>'closes_at'),
        fields->>'waitlist_enabled' = '1', resv_int(fields->>'max_per_request'),
-       resv_int(fields->>'max_per_client'), version, ms, seq, version, remaining,
+       resv_int(fields->>'max_per_client'), resv_int(fields->>'notify_window_ms'),
+       version, ms, seq, version, remaining,
        resv_time(min(ts_us) FILTER (WHERE type = 'RESOURCE_CREATED') OVER (PARTITION BY resource_id)),
        resv_time(ts_us), ms, seq
 FROM archiver_staging
@@ -92,7 +99,8 @@ ON CONFLICT (resource_id) DO UPDATE SET
     resource_type = excluded.resource_type, capacity = excluded.capacity,
     state = excluded.state, opens_at = excluded.opens_at, closes_at = excluded.closes_at,
     waitlist_enabled = excluded.waitlist_enabled, max_per_request = excluded.max_per_request,
-    max_per_client = excluded.max_per_client, rules_version = excluded.rules_version,
+    max_per_client = excluded.max_per_client, notify_window_ms = excluded.notify_window_ms,
+    rules_version = excluded.rules_version,
     rules_ms = excluded.rules_ms, rules_seq = excluded.rules_seq,
     created_at = coalesce(r.created_at, excluded.created_at), updated_at = excluded.updated_at
 WHERE r.rules_ms IS NULL OR (r.rules_ms, r.rules_seq) < (excluded.rules_ms, excluded.rules_seq)
@@ -142,20 +150,24 @@ WHERE b.status <> 'CANCELLED'
 _PROJECT_WAITLIST = """
 INSERT INTO waitlist_entries AS w (entry_id, resource_id, partition, client_id, quantity, status,
                                    reservation_id, joined_at, notified_at, fulfilled_at,
-                                   left_at, last_ms, last_seq)
+                                   left_at, expires_at, expired_at, last_ms, last_seq)
 SELECT DISTINCT ON (entry_id)
        entry_id, resource_id, partition, client_id, quantity,
        CASE type WHEN 'WAITLIST_JOINED' THEN 'WAITING' WHEN 'WAITLIST_NOTIFIED' THEN 'NOTIFIED'
-                 WHEN 'WAITLIST_FULFILLED' THEN 'FULFILLED' ELSE 'LEFT' END,
+                 WHEN 'WAITLIST_FULFILLED' THEN 'FULFILLED' WHEN 'WAITLIST_EXPIRED' THEN 'EXPIRED'
+                 ELSE 'LEFT' END,
        max(reservation_id) OVER e,
        resv_time(min(resv_int(fields->>'joined_at')) OVER e),
        resv_time(min(coalesce(resv_int(fields->>'notified_at'),
                               CASE WHEN type = 'WAITLIST_NOTIFIED' THEN ts_us END)) OVER e),
        resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_FULFILLED') OVER e),
        resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_LEFT') OVER e),
+       resv_time(max(resv_int(fields->>'expires_at')) FILTER (WHERE type = 'WAITLIST_NOTIFIED') OVER e),
+       resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_EXPIRED') OVER e),
        ms, seq
 FROM archiver_staging
-WHERE type IN ('WAITLIST_JOINED', 'WAITLIST_NOTIFIED', 'WAITLIST_FULFILLED', 'WAITLIST_LEFT')
+WHERE type IN ('WAITLIST_JOINED', 'WAITLIST_NOTIFIED', 'WAITLIST_FULFILLED', 'WAITLIST_LEFT',
+               'WAITLIST_EXPIRED')
   AND entry_id IS NOT NULL AND resource_id IS NOT NULL
 WINDOW e AS (PARTITION BY entry_id)
 ORDER BY entry_id, ms DESC, seq DESC
@@ -169,13 +181,15 @@ ON CONFLICT (entry_id) DO UPDATE SET
     joined_at = coalesce(w.joined_at, excluded.joined_at),
     notified_at = coalesce(w.notified_at, excluded.notified_at),
     fulfilled_at = coalesce(w.fulfilled_at, excluded.fulfilled_at),
-    left_at = coalesce(w.left_at, excluded.left_at)
+    left_at = coalesce(w.left_at, excluded.left_at),
+    expires_at = coalesce(w.expires_at, excluded.expires_at),
+    expired_at = coalesce(w.expired_at, excluded.expired_at)
 """
 
 _PROJECTIONS = (_PROJECT_RULES, _PROJECT_COUNTERS, _PROJECT_CANCELLED, _PROJECT_WAITLIST)
 _PROJECTED_TYPES = frozenset({
     "RESOURCE_CREATED", "RULES_CHANGED", "RESERVATION_CANCELLED",
-    "WAITLIST_JOINED", "WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_LEFT",
+    "WAITLIST_JOINED", "WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_LEFT", "WAITLIST_EXPIRED",
 })
 
 _encode = msgspec.json.Encoder().encode
@@ -292,10 +306,13 @@ async def _copy(cur: AsyncCursor, statement: str, types: tuple[str, ...], rows: 
             await copy.write_row(row)
 
 
-async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpoint, *, fresh: bool) -> int:
+async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpoint, *, fresh: bool,
+                     deployment_id: str | None = None) -> int:
     """Writes the rows and their projections in one transaction; returns how
     many rows were new. Committed when it returns; rolled back if it raises.
-    fresh: no entry of the batch was ever delivered before (see above)."""
+    fresh: no entry of the batch was ever delivered before (see above).
+    The partitions' archived marks (archiver/marks.py) move in the same
+    transaction, under `deployment_id`."""
     async with conn.transaction(), conn.cursor() as cur:
         cur.adapters.register_dumper(None, _JsonTextDumper)
         inserted = await _copy_fresh(conn, cur, rows) if fresh else None
@@ -312,6 +329,8 @@ async def store_rows(conn: AsyncConnection, rows: list[Row], checkpoint: Checkpo
         if inserted:  # else every entry was archived before, projections included
             for statement in _PROJECTIONS:
                 await cur.execute(statement)
+            await cur.execute(f"NOTIFY {EVENTS_CHANNEL}")
+        await record_marks(conn, rows, deployment_id)
         checkpoint("before_commit")
     return inserted
 

@@ -2,14 +2,17 @@
 partition stream, and the archived mark below which a stream may be trimmed.
 
 Every command names one partition's key, so each works on a cluster; several
-partitions' commands go out together in one pipeline.
+partitions' commands go out together in one pipeline (on a cluster,
+redis-py's cluster pipeline sends each node its partitions' commands).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ResponseError
 
 from resv.engine.keys import stream_key
@@ -100,10 +103,20 @@ async def reclaim(redis: Redis, consumer: str, partitions: list[int], min_idle_m
     return out
 
 
+class GroupsLost(RuntimeError):
+    """Streams without their group: deleted, or a server that restarted
+    without its data. Nothing is re-created here: the archiver checks the
+    engine state against the audit first (drain.py), which refuses a state
+    that lost archived decisions and re-creates the groups otherwise."""
+
+    def __init__(self, partitions: list[int]) -> None:
+        super().__init__(f"no archiver group on the streams of partitions {partitions}")
+        self.partitions = partitions
+
+
 async def _recreate_lost_groups(redis: Redis, partitions: list[int], replies: list[Any]) -> None:
-    """A stream that lost its group (deleted, FLUSHALL, a server restarted
-    without its data) gets it back at once, from its first entry: what is
-    appended from now on is archived. Any other error is raised."""
+    """Raises GroupsLost for streams that lost their group; any other error
+    as it is."""
     lost = []
     for p, reply in zip(partitions, replies):
         if isinstance(reply, ResponseError) and "NOGROUP" in str(reply):
@@ -111,7 +124,7 @@ async def _recreate_lost_groups(redis: Redis, partitions: list[int], replies: li
         elif isinstance(reply, Exception):
             raise reply
     if lost:
-        await ensure_groups(redis, lost)
+        raise GroupsLost(lost)
 
 
 async def ack(redis: Redis, acked: dict[int, list[str]]) -> None:
@@ -135,18 +148,37 @@ async def archived_marks(redis: Redis, partitions: list[int]) -> dict[int, tuple
     end: the stream's last generated id at that moment ("0-0" when none).
     No group: nothing is archived, the mark is "0-0".
     """
-    async with redis.pipeline(transaction=True) as pipe:
-        for p in partitions:
-            key = stream_key(p)
-            pipe.execute_command("XINFO", "GROUPS", key)
-            pipe.execute_command("XPENDING", key, GROUP)
-            pipe.execute_command("XINFO", "STREAM", key)
-        replies = await pipe.execute(raise_on_error=False)
+    replies = await group_replies(redis, partitions)
     out: dict[int, tuple[str, str]] = {}
     for i, p in enumerate(partitions):
         groups, pending, info = replies[3 * i : 3 * i + 3]
         out[p] = (_mark(groups, pending), _end(info))
     return out
+
+
+async def group_replies(redis: Redis, partitions: list[int], *, time: bool = False) -> list[Any]:
+    """XINFO GROUPS, XPENDING and XINFO STREAM of each partition, read in
+    one MULTI so they agree (on a cluster a MULTI holds one slot: one per
+    partition, all at once), replies as exceptions where a command failed.
+    time: TIME first (on a cluster, from one node: the clocks of a
+    cluster's nodes are taken as one)."""
+    if isinstance(redis, RedisCluster):
+        parts = await asyncio.gather(*(_group_replies(redis, [p], False) for p in partitions))
+        head = [await redis.time()] if time else []
+        return head + [reply for part in parts for reply in part]
+    return await _group_replies(redis, partitions, time)
+
+
+async def _group_replies(redis: Redis, partitions: list[int], time: bool) -> list[Any]:
+    async with redis.pipeline(transaction=True) as pipe:
+        if time:
+            pipe.time()
+        for p in partitions:
+            key = stream_key(p)
+            pipe.execute_command("XINFO", "GROUPS", key)
+            pipe.execute_command("XPENDING", key, GROUP)
+            pipe.execute_command("XINFO", "STREAM", key)
+        return await pipe.execute(raise_on_error=False)
 
 
 def _mark(groups: Any, pending: Any) -> str:

@@ -1,8 +1,13 @@
 """`resv verify [--resource ID]`: replays the audit through the Lua and
 compares every decision, then the final state with live Redis.
 
-The log is PostgreSQL plus the streams' unarchived tails (as the timeline
-reads it), up to each stream's last id when verify starts. Each partition is
+The log is the whole PostgreSQL audit (after the latest start-over's floors,
+archiver/marks.py) plus the streams' unarchived tails (as the timeline reads
+it) up to each stream's last id when verify starts. First the engine state is
+compared with the audit (engine/deployment.py): a partition whose stream is
+behind what the audit holds (an empty or older Redis), or has no deployment
+record, is reported as a mismatch naming it, and its whole audit is replayed
+and compared with what live Redis has (nothing, for a lost server). Each partition is
 replayed on a scratch server (see replay.py); then, for every resource of
 the log, the scratch server's state (the resource hash, its reservations,
 client totals, waiting list) must equal live Redis. A resource that changed
@@ -27,6 +32,7 @@ from resv.archiver.replay import (
     ScratchFactory,
     replay,
     resource_keys_at,
+    waitlist_keys_at,
 )
 from resv.archiver.streams import archived_marks, next_id, parse_id
 from resv.archiver.timeline import (
@@ -36,6 +42,8 @@ from resv.archiver.timeline import (
     merge_events,
     scan_stream,
 )
+from resv.archiver.marks import floors, read_marks
+from resv.engine import assess, check_partitions, read_records
 from resv.engine.keys import partition_of
 
 
@@ -48,6 +56,8 @@ class VerifyReport(msgspec.Struct, kw_only=True):
     """Resources whose final state was compared with live Redis."""
     skipped: list[str] = []
     """Resources that changed while verify ran (not compared)."""
+    behind: list[int] = []
+    """Partitions whose engine state is behind the audit."""
     mismatches: list[Mismatch] = []
 
     @property
@@ -74,6 +84,16 @@ async def verify(
     planner = Planner(idempotency_ttl_ms)
     async with scratch_server() as scratch:
         marks = await archived_marks(live, parts) if live is not None else {}
+        floor = await floors(pool) if pool is not None else {}
+        audit = await read_marks(pool) if pool is not None else {}
+        behind: dict[int, str] = {}
+        if live is not None:
+            # read after the audit: a stream only grows, so what it generated
+            # by now covers whatever the audit held a moment ago
+            records, last_ids = await read_records(live, partitions)
+            check_partitions(records, partitions)
+            if pool is not None:
+                behind = assess(records, last_ids, audit, partitions).behind
         if live is None:
             live_ids: dict[int, set[str]] = {}
         elif resource_id is None:
@@ -82,7 +102,14 @@ async def verify(
             live_ids = {parts[0]: {resource_id}}
         for p in parts:
             mark, end = marks.get(p, ("0-0", None))
-            log = await load_partition(live, pool, p, mark if pool is not None else "0-0", end, resource_id)
+            if p in behind:
+                report.behind.append(p)
+                report.mismatches.append(Mismatch(p, None, "STATE", f"{behind[p]}: engine state is behind "
+                                                  "the audit; run `resv restore`"))
+                log = await load_partition(None, pool, p, "0-0", None, resource_id, floor.get(p))
+            else:
+                log = await load_partition(live, pool, p, mark if pool is not None else "0-0", end, resource_id,
+                                           floor.get(p))
             if not log and not live_ids.get(p):
                 continue
             calls = planner.plan(p, log)
@@ -97,9 +124,9 @@ async def verify(
 
 
 async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, partition: int, mark: str,
-                         end: str | None, resource_id: str | None) -> list[TimelineEvent]:
-    """The partition's log in stream order: PostgreSQL up to `end`, and the
-    stream from `mark` to `end`."""
+                         end: str | None, resource_id: str | None, floor: str | None = None) -> list[TimelineEvent]:
+    """The partition's log in stream order: PostgreSQL up to `end` (all of it
+    when None) above `floor` (a start-over's), and the stream from `mark` to `end`."""
     keep = (lambda f: f.get("resource_id") == resource_id) if resource_id else (lambda f: True)
     tail = await scan_stream(live, partition, mark, end, None, keep) if live is not None and end else []
     archived: list[TimelineEvent] = []
@@ -112,6 +139,9 @@ async def load_partition(live: Redis | None, pool: AsyncConnectionPool | None, p
         if end is not None:
             sql += " AND (ms, seq) <= (%s, %s)"
             args += parse_id(end)
+        if floor is not None:
+            sql += " AND (ms, seq) > (%s, %s)"
+            args += parse_id(floor)
         async with pool.connection() as conn:
             cur = await conn.execute(sql + " ORDER BY ms, seq", args)
             archived = [event_from_row(row) for row in await cur.fetchall()]
@@ -137,7 +167,7 @@ _RESOURCE_KEY = re.compile(r"resv:\{p(\d+)\}:res:(.+)")
 async def _compare_state(scratch: Redis, live: Redis, partition: int, resources: list[str], end: str,
                          report: VerifyReport) -> None:
     for rid in resources:
-        ks = resource_keys_at(partition, rid)
+        ks = resource_keys_at(partition, rid) + waitlist_keys_at(partition, rid)
         replayed, current = await _resource_state(scratch, ks), await _resource_state(live, ks)
         differences = _state_differences(rid, replayed, current)
         if differences and await _changed_since(live, partition, rid, end):
@@ -148,19 +178,23 @@ async def _compare_state(scratch: Redis, live: Redis, partition: int, resources:
 
 
 async def _resource_state(r: Redis, ks: tuple[str, ...]) -> dict[str, Any]:
-    res, bk, cl, wl, we, _ = ks
+    res, bk, cl, wl, we, _, wq, wn, _ = ks
     async with r.pipeline(transaction=False) as pipe:
         pipe.hgetall(res)
         pipe.hgetall(bk)
         pipe.hgetall(cl)
         pipe.zrange(wl, 0, -1, withscores=True)
         pipe.hgetall(we)
-        resource, bookings, clients, waiting, entries = await pipe.execute()
+        pipe.zrange(wq, 0, -1, withscores=True)
+        pipe.zrange(wn, 0, -1, withscores=True)
+        resource, bookings, clients, waiting, entries, by_quantity, notified = await pipe.execute()
     return {
         "resource": resource,
         "reservations": {k: json.loads(v) for k, v in bookings.items()},
         "client totals": clients,
         "waiting list": waiting,
+        "quantity index": by_quantity,
+        "notifications": notified,
         "waiting entries": {k: json.loads(v) if k.startswith("e:") else v for k, v in entries.items()},
     }
 
@@ -188,8 +222,9 @@ def _state_differences(rid: str, replayed: dict[str, Any], live: dict[str, Any])
                         out.append(f"{label} {key}: {field} replayed {a.get(field)}, live {b.get(field)}")
             else:
                 out.append(f"{label} {key}: replayed {a}, live {b}")
-    if replayed["waiting list"] != live["waiting list"]:
-        out.append(f"resource {rid}: waiting list replayed {replayed['waiting list']}, live {live['waiting list']}")
+    for part in ("waiting list", "quantity index", "notifications"):
+        if replayed[part] != live[part]:
+            out.append(f"resource {rid}: {part} replayed {replayed[part]}, live {live[part]}")
     return out
 
 

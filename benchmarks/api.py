@@ -1,31 +1,35 @@
-"""`make bench-api`: the HTTP API against its own ceiling, in one run.
+"""`make bench-api`: what the HTTP API costs per request, against a bare app.
 
-Starts an embedded Valkey and `resv serve` with RESV_BENCH_ECHO=1, which adds
-`GET /bench/echo` and `POST /bench/echo`: routes that go through the same
-server, middleware, key check, operator log, parameters and body validation
-as the real ones but do no engine work. Then wrk (64 connections, one thread:
-on a 2-core machine a second wrk thread competes with the server for the CPU
-and its scheduling delays show up as p99) measures, for each worker count:
+The baseline is `benchmarks/bare_app.py`: a bare Litestar echo app that
+shares nothing with resv but the server settings (it is run through the same
+`resv.api.serve.serve` code path: same server, event loop, HTTP parser,
+worker count). For each worker count, one run starts an embedded
+Valkey without AOF, one with AOF `appendfsync always`, and three servers side
+by side: the bare app, `resv serve` on the first Valkey (RESV_DURABILITY=
+relaxed, with RESV_BENCH_ECHO=1) and `resv serve` on the second (strict).
+Only the server under test has work; the rows take turns, round after round,
+so that the machine's background load falls on all of them alike.
 
-  echo GET            the GET ceiling
-  GET /availability   the cached read (one resource, so nearly all hits)
-  echo POST           the POST ceiling (a reservation-shaped body, decoded)
-  POST /reservations  every one CONFIRMED (capacity 1e9, distinct client ids)
+Rows:
+  bare echo GET / POST        the baseline (no middleware, no key, no log)
+  GET /availability (cached)  one resource, so nearly all hits
+  POST /reservations          every one CONFIRMED (capacity 1e9, distinct client ids)
+  POST /reservations, strict  the same under AOF `appendfsync always`
+  in-app echo GET / POST      (--in-app) our server, middleware, key check, operator
+                              log and validation, but no engine work: where the
+                              rest of the time goes
 
-and prints req/s, p50, p99 and the ratio to the matching echo ceiling. Runs
-are SETTLE_S apart: a run started right as the previous one's 64 connections
-close saw ~1% of its requests take up to ~230 ms (any route, the echo too;
-no retransmission or event-loop stall showed), which is the previous run's
-teardown, not the route under test. Like
-`make bench-engine`, the table runs Valkey without AOF (RESV_DURABILITY=relaxed:
-the CPU path); a last row per worker count measures POST /reservations under
-the strict profile (AOF, `appendfsync always`, the default of `resv serve`),
-where the disk's fsync sets the pace.
+Per row: req/s, p50 and p99 latency (wrk), the CPU time of the server's
+processes per request (utime+stime of its process tree, from /proc via
+psutil), the Redis server's CPU per request (INFO cpu), and the multiple of
+the API CPU per request over the matching bare echo, computed within each
+round and then the median taken. CPU per request is the figure to compare:
+req/s and latency depend on how the 2 cores are shared with wrk, Valkey and
+whatever else runs on the machine.
 
-    python -m benchmarks.api [--duration 18] [--rounds 3] [--workers 1,2]
+    python -m benchmarks.api [--seconds 3] [--rounds 5] [--workers 1] [--in-app]
 
-Needs wrk: install it with `apt-get install -y wrk` (Debian/Ubuntu) or
-`brew install wrk` (macOS).
+Needs wrk: `apt-get install -y wrk` (Debian/Ubuntu) or `brew install wrk`.
 """
 
 from __future__ import annotations
@@ -34,13 +38,18 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
+import redis
 
 from resv.embedded import EmbeddedRedis, free_port
 
@@ -50,17 +59,21 @@ RESOURCE = "bench"
 CONNECTIONS = 64
 THREADS = 1
 SETTLE_S = 1.0
+"""Pause before each run: a run started as the previous one's 64 connections
+close saw ~1% of its requests take up to ~230 ms (any route), the previous
+run's teardown rather than the route under test."""
+
+TARGETS = {"GET /availability (cached)": 1.3, "POST /reservations": 1.5}
+"""Issue 13's targets: API CPU per request over the bare echo."""
 
 WRK_SCRIPT = r"""
 -- Distinct client ids per thread and request; JSON summary at the end.
 local counter = 0
-local threads = {}
 local next_id = 0
 
 function setup(thread)
   next_id = next_id + 1
   thread:set("tid", next_id)
-  table.insert(threads, thread)
 end
 
 function init(args)
@@ -81,102 +94,171 @@ function request()
 end
 
 function done(summary, latency, requests)
-  local statuses = summary.errors.status
   io.write(string.format(
     'WRKJSON {"requests": %d, "duration_us": %d, "p50_us": %d, "p99_us": %d, "non2xx": %d, "socket_errors": %d}\n',
-    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), statuses,
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99), summary.errors.status,
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """.replace("RESOURCE", RESOURCE)
 
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    server: str  # which of the three: bare, relaxed, strict
+    method: str
+    path: str
+    baseline: str | None  # the row whose CPU per request this one is compared with
+    in_app: bool = False
+
+
 ROWS = [
-    # (label, method, path, ceiling label)
-    ("echo GET (ceiling)", "GET", f"/bench/echo?resource_id={RESOURCE}", None),
-    ("GET /availability (cached)", "GET", f"/availability?resource_id={RESOURCE}", "echo GET (ceiling)"),
-    ("echo POST (ceiling)", "POST", "/bench/echo", None),
-    ("POST /reservations", "POST", "/reservations", "echo POST (ceiling)"),
+    Row("bare echo GET", "bare", "GET", f"/echo?resource_id={RESOURCE}", None),
+    Row("GET /availability (cached)", "relaxed", "GET", f"/availability?resource_id={RESOURCE}", "bare echo GET"),
+    Row("in-app echo GET", "relaxed", "GET", f"/bench/echo?resource_id={RESOURCE}", "bare echo GET", True),
+    Row("bare echo POST", "bare", "POST", "/echo", None),
+    Row("POST /reservations", "relaxed", "POST", "/reservations", "bare echo POST"),
+    Row("POST /reservations, strict (AOF always)", "strict", "POST", "/reservations", "bare echo POST"),
+    Row("in-app echo POST", "relaxed", "POST", "/bench/echo", "bare echo POST", True),
 ]
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    api_us: float
+    redis_us: float
+    errors: int
+
+
+@dataclass
+class Result:
+    runs: list[Run] = field(default_factory=list)
+    ratios: list[float] = field(default_factory=list)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.api", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=int, default=18, help="seconds per row, all rounds together (default 18)")
-    parser.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="split each row's time into this many runs, the rows taking turns; the median "
-                             "run is shown (default 3: background load and how wrk's connections happen "
-                             "to spread over the workers vary from run to run)")
+    parser.add_argument("--seconds", type=int, default=3, help="seconds per run (default 3)")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="runs per row, the rows taking turns; medians are shown (default 5)")
+    parser.add_argument("--workers", default="1", help="worker counts, comma-separated (default 1)")
+    parser.add_argument("--in-app", action="store_true", help="add the in-app echo rows (RESV_BENCH_ECHO)")
+    parser.add_argument("--serve-bare", nargs=2, metavar=("PORT", "WORKERS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
-    seconds = max(2, round(args.duration / args.rounds))
+    if args.serve_bare:
+        return serve_bare(*args.serve_bare)
     wrk = shutil.which("wrk")
     if wrk is None:
         print("benchmarks.api needs wrk, which is not installed.\n"
               "  Debian/Ubuntu: apt-get install -y wrk\n  macOS: brew install wrk", file=sys.stderr)
         return 2
-    workers = [int(w) for w in args.workers.split(",")]
-    results: dict[int, dict[str, dict]] = {}
+    rows = [row for row in ROWS if args.in_app or not row.in_app]
+    tables: dict[int, dict[str, Result]] = {}
     with tempfile.TemporaryDirectory(prefix="resv-bench-") as tmp:
         script = Path(tmp, "bench.lua")
         script.write_text(WRK_SCRIPT)
-        with EmbeddedRedis(extra_args=["--appendonly", "no"]) as server:
-            for n in workers:
-                with Server(server.url, n, "relaxed", Path(tmp, f"serve-{n}.log")) as api:
-                    api.create_resource()
-                    for _, method, path, _ in ROWS:  # warm every route up
-                        run_wrk(wrk, script, api.base + path, method, 2)
-                    runs: dict[str, list[dict]] = {label: [] for label, *_ in ROWS}
-                    for _ in range(args.rounds):
-                        for label, method, path, _ in ROWS:
-                            runs[label].append(run_wrk(wrk, script, api.base + path, method, seconds))
-                    results[n] = {label: median_run(r) for label, r in runs.items()}
-        strict: dict[int, dict] = {}
-        for n in workers:
-            with EmbeddedRedis() as durable, \
-                    Server(durable.url, n, "strict", Path(tmp, f"serve-strict-{n}.log")) as api:
-                api.create_resource()
-                run_wrk(wrk, script, api.base + "/reservations", "POST", 2)
-                strict[n] = median_run([run_wrk(wrk, script, api.base + "/reservations", "POST", seconds)
-                                        for _ in range(args.rounds)])
-    print_table(results, strict, args)
+        for workers in (int(w) for w in args.workers.split(",")):
+            tables[workers] = measure(wrk, script, Path(tmp), workers, rows, args)
+    print_tables(tables, rows, args)
     return 0
 
 
-class Server:
-    """`resv serve` as a subprocess, its operator log to a file."""
+def measure(wrk: str, script: Path, tmp: Path, workers: int, rows: list[Row],
+            args: argparse.Namespace) -> dict[str, Result]:
+    with EmbeddedRedis(extra_args=["--appendonly", "no"]) as fast, EmbeddedRedis() as durable, \
+            Server.bare(workers, tmp) as bare, \
+            Server.resv(workers, fast.url, "relaxed", tmp) as relaxed, \
+            Server.resv(workers, durable.url, "strict", tmp) as strict:
+        servers = {"bare": bare, "relaxed": relaxed, "strict": strict}
+        redis_of = {"bare": fast.url, "relaxed": fast.url, "strict": durable.url}
+        relaxed.create_resource()
+        strict.create_resource()
+        for row in rows:  # warm every route up
+            run_wrk(wrk, script, servers[row.server].base + row.path, row.method, 1)
+        results = {row.label: Result() for row in rows}
+        for _ in range(args.rounds):
+            this_round: dict[str, Run] = {}
+            for row in rows:
+                server = servers[row.server]
+                with redis.Redis.from_url(redis_of[row.server]) as r:
+                    api_before, redis_before = server.cpu_seconds(), redis_cpu_seconds(r)
+                    out = run_wrk(wrk, script, server.base + row.path, row.method, args.seconds)
+                    api_after, redis_after = server.cpu_seconds(), redis_cpu_seconds(r)
+                n = max(out["requests"], 1)
+                run = Run(rps=out["requests"] / (out["duration_us"] / 1e6), p50_ms=out["p50_us"] / 1000,
+                          p99_ms=out["p99_us"] / 1000, api_us=(api_after - api_before) / n * 1e6,
+                          redis_us=(redis_after - redis_before) / n * 1e6,
+                          errors=out["non2xx"] + out["socket_errors"])
+                this_round[row.label] = run
+                results[row.label].runs.append(run)
+            for row in rows:
+                if row.baseline:
+                    results[row.label].ratios.append(this_round[row.label].api_us / this_round[row.baseline].api_us)
+    return results
 
-    def __init__(self, redis_url: str, workers: int, durability: str, log: Path) -> None:
+
+class Server:
+    """A server under test as a subprocess, its output to a file, and the CPU
+    time of its process tree (the supervisor and its workers)."""
+
+    def __init__(self, command: list[str], env: dict[str, str], log: Path) -> None:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.workers = workers
-        self.env = {
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self.tree: list[psutil.Process] = []
+
+    @classmethod
+    def bare(cls, workers: int, tmp: Path) -> Server:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        return cls([sys.executable, "-m", "benchmarks.api", "--serve-bare", "{port}", str(workers)],
+                   env, tmp / f"bare-{workers}.log")
+
+    @classmethod
+    def resv(cls, workers: int, redis_url: str, durability: str, tmp: Path) -> Server:
+        env = {
             **os.environ,
             "REDIS_URL": redis_url,
             "RESV_API_KEYS": f"client:{CLIENT_KEY},operator:{OPERATOR_KEY}",
             "RESV_BENCH_ECHO": "1",
             "RESV_DURABILITY": durability,
         }
-        self.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-        self.env.pop("RESV_RATE_LIMIT", None)
-        self.log = log
-        self.proc: subprocess.Popen | None = None
+        for name in ("PROMETHEUS_MULTIPROC_DIR", "RESV_RATE_LIMIT", "DATABASE_URL"):
+            env.pop(name, None)
+        return cls([sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", "{port}",
+                    "--workers", str(workers)], env, tmp / f"resv-{workers}-{durability}.log")
 
     def __enter__(self) -> Server:
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "resv", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(self.workers)],
-                env=self.env, stdout=log, stderr=log, start_new_session=True,
-            )
-        deadline = time.monotonic() + 30
+            self.proc = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=log,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 60
+        path = "/health" if "resv" in self.command else f"/echo?resource_id={RESOURCE}"
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"resv serve exited; see {self.log}:\n{self.log.read_text()[-2000:]}")
+                raise RuntimeError(f"{self.command} exited; see {self.log}:\n{self.log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(self.base + "/health", timeout=1):
-                    return self
+                with urllib.request.urlopen(self.base + path, timeout=1):
+                    break
             except OSError:
                 time.sleep(0.1)
-        raise RuntimeError("resv serve did not answer /health within 30 s")
+        else:
+            raise RuntimeError(f"{self.command} did not answer within 60 s")
+        top = psutil.Process(self.proc.pid)
+        self.tree = [top, *top.children(recursive=True)]
+        return self
+
+    def cpu_seconds(self) -> float:
+        total = 0.0
+        for process in self.tree:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -194,8 +276,22 @@ class Server:
         try:
             urllib.request.urlopen(request, timeout=5).close()
         except urllib.error.HTTPError as exc:
-            if exc.code != 409:  # created by the previous worker count's run
+            if exc.code != 409:
                 raise
+
+
+def serve_bare(port: str, workers: str) -> int:
+    """The bare app under resv's own server code path (nothing else of resv)."""
+    from resv.api.serve import serve
+
+    serve("benchmarks.bare_app:app", factory=False, host="127.0.0.1", port=int(port), workers=int(workers),
+          log_level="warning", http="httptools")  # plain httptools: the edge protocol is resv's code
+    return 0
+
+
+def redis_cpu_seconds(client: redis.Redis) -> float:
+    cpu = client.info("cpu")
+    return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
 def run_wrk(wrk: str, script: Path, url: str, method: str, seconds: int) -> dict:
@@ -206,36 +302,38 @@ def run_wrk(wrk: str, script: Path, url: str, method: str, seconds: int) -> dict
         capture_output=True, text=True, check=True,
     ).stdout
     line = next(line for line in out.splitlines() if line.startswith("WRKJSON "))
-    result = json.loads(line.removeprefix("WRKJSON "))
-    result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-    return result
+    return json.loads(line.removeprefix("WRKJSON "))
 
 
-def median_run(runs: list[dict]) -> dict:
-    return sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
-
-
-def print_table(results: dict[int, dict[str, dict]], strict: dict[int, dict], args: argparse.Namespace) -> None:
-    print(f"\nresv API: wrk {THREADS} thread x {CONNECTIONS} connections; each row the median of "
-          f"{args.rounds} runs of {max(2, round(args.duration / args.rounds))} s, rows taking turns; "
-          f"{os.cpu_count()} CPUs shared by wrk, the server and Valkey\n")
-    print("| workers | route | req/s | p50 ms | p99 ms | vs ceiling | non-2xx |")
-    print("|---:|---|---:|---:|---:|---:|---:|")
-    for n, rows in results.items():
-        for label, _, _, ceiling in ROWS:
-            r = rows[label]
-            ratio = f"{r['rps'] / rows[ceiling]['rps']:.0%}" if ceiling else "-"
-            print(_row(n, label, r, ratio))
-        ratio = f"{strict[n]['rps'] / rows['echo POST (ceiling)']['rps']:.0%}"
-        print(_row(n, "POST /reservations, strict: AOF appendfsync always", strict[n], ratio))
-    best = max(results, key=lambda n: results[n]["POST /reservations"]["rps"])
-    print(f"\nValkey without AOF (RESV_DURABILITY=relaxed) except the strict rows, whose ratio is "
-          f"to the relaxed echo ceiling. Most reservations/s with {best} worker(s).")
-
-
-def _row(workers: int, label: str, r: dict, ratio: str) -> str:
-    return (f"| {workers} | {label} | {r['rps']:,.0f} | {r['p50_us'] / 1000:.2f} | {r['p99_us'] / 1000:.2f} "
-            f"| {ratio} | {r['non2xx'] + r['socket_errors']} |")
+def print_tables(tables: dict[int, dict[str, Result]], rows: list[Row],
+                 args: argparse.Namespace) -> None:
+    print(f"\nresv API vs a bare Litestar echo app: wrk {THREADS} thread x {CONNECTIONS} connections; "
+          f"medians of {args.rounds} runs of {args.seconds} s, rows taking turns; {os.cpu_count()} CPUs shared "
+          "by wrk, the servers and Valkey. CPU = utime+stime per request; x bare = API CPU over the bare echo's, "
+          "within each round (median, and the range over rounds).\n")
+    print("| workers | route | req/s | p50 ms | p99 ms | API CPU us/req | x bare (range) | target "
+          "| Redis CPU us/req | errors |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for workers, results in tables.items():
+        for row in rows:
+            r = results[row.label]
+            med = lambda attr: statistics.median(getattr(run, attr) for run in r.runs)  # noqa: E731
+            if r.ratios:
+                ratio = f"{statistics.median(r.ratios):.2f}x ({min(r.ratios):.2f}-{max(r.ratios):.2f})"
+            else:
+                ratio = "1"
+            target = f"<= {TARGETS[row.label]}x" if row.label in TARGETS else ""
+            label = row.label + (" *" if row.in_app else "")
+            print(f"| {workers} | {label} | {med('rps'):,.0f} | {med('p50_ms'):.2f} | {med('p99_ms'):.2f} "
+                  f"| {med('api_us'):.0f} | {ratio} | {target} | {med('redis_us'):.1f} "
+                  f"| {sum(run.errors for run in r.runs)} |")
+    if any(row.in_app for row in rows):
+        print("\n* in-app echo: routes inside resv (RESV_BENCH_ECHO=1) with all of its middleware but no engine "
+              "work; they show what our layers cost, not a ceiling.")
+    spread = [max(run.api_us for run in r.runs) / min(run.api_us for run in r.runs)
+              for results in tables.values() for r in results.values()]
+    print(f"\nNoise: a row's API CPU per request varied by up to {max(spread) - 1:.0%} between rounds "
+          f"(median {statistics.median(spread) - 1:.0%}).")
 
 
 if __name__ == "__main__":

@@ -55,8 +55,9 @@ async def fill(redis: Redis, n: int, tag: str) -> float:
         async with redis.pipeline(transaction=False) as pipe:
             for i in range(base, min(base + 5000, n)):
                 rid, rq = RESOURCES[i % len(RESOURCES)], f"{tag}{i}"
-                pipe.execute_command("FCALL", "resv_reserve", 7, *keys.resource_keys(rid, PARTITIONS),
-                                     keys.request_key(rid, rq, PARTITIONS), rid, f"c{i}", "1", rq)
+                pipe.execute_command("FCALL", "resv_reserve", 10,
+                                     *keys.reserve_keys(rid, rq, PARTITIONS),
+                                     rid, f"c{i}", "1", rq)
             await pipe.execute()
     return n / (time.perf_counter() - start)
 
@@ -65,7 +66,7 @@ async def create_resources(redis: Redis) -> None:
     await redis.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     async with redis.pipeline(transaction=False) as pipe:
         for rid in RESOURCES:
-            pipe.execute_command("FCALL", "resv_create", 6, *keys.resource_keys(rid, PARTITIONS),
+            pipe.execute_command("FCALL", "resv_create", 9, *keys.write_keys(rid, PARTITIONS),
                                  rid, "bench", str(10**9), "", "", "0", "", "")
         await pipe.execute()
 

@@ -3,15 +3,34 @@
 What other parts may use: this package's names, and the modules types
 (wire types), codes (every code the Lua emits), errors, keys (the key
 layout) and settings. The rest (engine, pipeline, lane, library,
-durability) is the engine's own (tests/test_layering.py).
+durability, deployment) is the engine's own (tests/test_layering.py); the
+state-loss guard's functions (deployment records, the comparison with the
+audit) are exported here for the archiver and the tools.
 """
 
-from resv.engine.durability import DurabilityError
-from resv.engine.engine import Engine
+from resv.engine.deployment import (
+    BEHIND,
+    AuditMark,
+    Deployment,
+    EngineState,
+    PartitionsMismatch,
+    StateError,
+    assess,
+    check_partitions,
+    check_state,
+    compare_id,
+    deploy,
+    new_deployment_id,
+    read_records,
+)
+from resv.engine.cluster import open_client
+from resv.engine.durability import STRICT_SETTINGS, DurabilityError
+from resv.engine.engine import AuditMarks, Engine, Refusal
 from resv.engine.errors import (
     PUBLIC_MESSAGES,
     BadArgument,
     EngineError,
+    EngineRefused,
     EngineUnavailable,
     LibraryVersionError,
     NotReplicated,
@@ -24,11 +43,30 @@ from resv.engine.types import (
     Reservation,
     Resource,
     ResourceSpec,
+    WaitingList,
     WaitlistEntry,
 )
 
 __all__ = [
+    "open_client",
+    "BEHIND",
     "PUBLIC_MESSAGES",
+    "STRICT_SETTINGS",
+    "AuditMark",
+    "AuditMarks",
+    "Deployment",
+    "EngineRefused",
+    "EngineState",
+    "PartitionsMismatch",
+    "Refusal",
+    "StateError",
+    "assess",
+    "check_partitions",
+    "check_state",
+    "compare_id",
+    "deploy",
+    "new_deployment_id",
+    "read_records",
     "BadArgument",
     "Decision",
     "DurabilityError",
@@ -42,6 +80,7 @@ __all__ = [
     "Resource",
     "ResourceSpec",
     "Settings",
+    "WaitingList",
     "WaitlistEntry",
     "ensure_library",
     "library_source",

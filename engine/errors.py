@@ -27,6 +27,12 @@ class LibraryVersionError(EngineError):
     at start, before anything is loaded (docs/guarantees.md, Upgrades)."""
 
 
+class EngineRefused(EngineUnavailable):
+    """The engine refuses the call without sending it: its state is behind
+    the audit (reads and writes), or the server lost a setting the strict
+    profile requires (writes). `Engine.refusal` says why, for operators."""
+
+
 class NotReplicated(EngineUnavailable):
     """The decision was made and recorded, but fewer replicas than
     RESV_WAIT_REPLICAS acknowledged it in time. `reply` is the raw decision;

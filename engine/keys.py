@@ -27,6 +27,11 @@ def stream_key(partition: int) -> str:
     return prefix(partition) + "events"
 
 
+def deployment_key(partition: int) -> str:
+    """The partition's deployment record (lua resv_deploy; engine/deployment.py)."""
+    return prefix(partition) + "deployment"
+
+
 # Cached: every call needs them, and a resource takes many calls.
 @lru_cache(maxsize=4096)
 def resource_prefix(resource_id: str, partitions: int) -> str:
@@ -47,19 +52,51 @@ def resource_keys(resource_id: str, partitions: int) -> tuple[str, str, str, str
     )
 
 
+@lru_cache(maxsize=4096)
+def waitlist_keys(resource_id: str, partitions: int) -> tuple[str, str, str]:
+    """The waiting-list keys every write call takes after its other keys:
+    WAITING entries by quantity, NOTIFIED entries by deadline, and the
+    partition's index of resources with outstanding notifications."""
+    p = resource_prefix(resource_id, partitions)
+    return (f"{p}wq:{resource_id}", f"{p}wn:{resource_id}", f"{p}notified")
+
+
+@lru_cache(maxsize=4096)
+def write_keys(resource_id: str, partitions: int) -> tuple[str, ...]:
+    """The keys of a write call other than resv_reserve: the resource keys,
+    then the waiting-list keys."""
+    return resource_keys(resource_id, partitions) + waitlist_keys(resource_id, partitions)
+
+
+def reserve_keys(resource_id: str, request_id: str, partitions: int, actor: str | None = None) -> tuple[str, ...]:
+    """resv_reserve's keys: the resource keys, the request key, the
+    waiting-list keys and, with an actor, the unscoped request key (read
+    only, for records an earlier release wrote; see lua/resv.lua)."""
+    ks = (*resource_keys(resource_id, partitions), request_key(resource_id, request_id, partitions, actor),
+          *waitlist_keys(resource_id, partitions))
+    return (*ks, request_key(resource_id, request_id, partitions)) if actor else ks
+
+
+def notified_index_key(partition: int) -> str:
+    """The partition's resources with outstanding notifications, scored by
+    their earliest deadline (us): what the sweep visits."""
+    return prefix(partition) + "notified"
+
+
 def request_key(resource_id: str, request_id: str, partitions: int, actor: str | None = None) -> str:
     """The idempotency record of a reservation request. With an actor (the
     API passes its key id), request ids are scoped to it: two applications'
     equal Idempotency-Keys never meet. Without, the scope is the resource
     alone (ops scripts calling the Lua directly)."""
-    scope = f"{actor}:" if actor else ""
-    return f"{resource_prefix(resource_id, partitions)}req:{resource_id}:{scope}{request_id}"
+    scope = f"@{actor}" if actor else ""
+    return f"{resource_prefix(resource_id, partitions)}req:{resource_id}{scope}:{request_id}"
 
 
 def request_key_at(partition: int, resource_id: str, request_id: str, actor: str | None = None) -> str:
-    """`request_key` in a given partition (a logged one, for replay)."""
-    scope = f"{actor}:" if actor else ""
-    return f"{prefix(partition)}req:{resource_id}:{scope}{request_id}"
+    """`request_key` in a given partition (a logged one, for replay). A
+    resource id holds no '@' and an actor no ':', so scopes never collide."""
+    scope = f"@{actor}" if actor else ""
+    return f"{prefix(partition)}req:{resource_id}{scope}:{request_id}"
 
 
 def resource_of_reservation(reservation_id: str) -> str | None:

@@ -35,7 +35,8 @@ from resv.engine.errors import (
 from resv.engine.lane import Batch, Command, Lane, Target
 
 # Functions that write: only they wait for replicas.
-READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_version"})
+READ_FUNCTIONS = frozenset({"resv_resource", "resv_reservation", "resv_wl_position", "resv_waitlist",
+                            "resv_version"})
 
 log = logging.getLogger("resv.engine")
 
@@ -55,8 +56,12 @@ class Pipeliner:
         timeout: float = 1.0,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 500,
+        admit: Callable[[Any], Awaitable[None]] | None = None,
     ) -> None:
         self._redis = redis
+        self._admit = admit
+        """Given a new lane's INFO server reply, raises unless the lane may
+        carry calls (the engine's guard: Engine._admit_server)."""
         self._target = target
         """Where the lane connects: the same server and sign-in as `redis`."""
         self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
@@ -133,6 +138,8 @@ class Pipeliner:
     async def _connect_lane(self) -> None:
         try:
             lane = await Lane.open(self._target, self._timeout, self._settle_or_reload, self._lane_lost)
+            if self._admit is not None:
+                await self._admitted(lane)
         except BaseException as exc:  # the retrying path reports failures to callers
             self._reopen_at = asyncio.get_running_loop().time() + REOPEN_DELAY_S
             if not isinstance(exc, Exception):
@@ -145,6 +152,20 @@ class Pipeliner:
                 self._lane = lane
         finally:
             self._opening = False
+
+    async def _admitted(self, lane: Lane) -> None:
+        """Asks the new lane's server who it is (INFO server) and lets the
+        guard decide; closes the lane and raises when refused."""
+        command = ("INFO", "server")
+        reply = asyncio.get_running_loop().create_future()
+        try:
+            lane.send([(command, pack_command(command), reply)])
+            async with asyncio.timeout(self._timeout):
+                info = await reply
+            await self._admit(info)  # type: ignore[misc]
+        except BaseException:
+            lane.close()
+            raise
 
     def _lane_lost(self, lane: Lane, batches: list[Batch], error: BaseException) -> None:
         """A lane died: what it had in flight goes the retrying way (the

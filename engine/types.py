@@ -38,7 +38,12 @@ class Decision(msgspec.Struct, kw_only=True, frozen=True):
     position: int | None = None
     joined_at: int | None = None
     notified_at: int | None = None
+    expires_at: int | None = None
+    expired_at: int | None = None
     created: bool = False
+    expired: int | None = None
+    """resv_wl_sweep: how many notifications it expired (and `notified`, how many it sent)."""
+    notified: int | None = None
     # rule fields (create, configure)
     resource_type: str | None = None
     capacity: int | None = None
@@ -48,6 +53,7 @@ class Decision(msgspec.Struct, kw_only=True, frozen=True):
     waitlist_enabled: bool | None = None
     max_per_request: int | None = None
     max_per_client: int | None = None
+    notify_window_ms: int | None = None
 
     @property
     def confirmed(self) -> bool:
@@ -68,7 +74,10 @@ class Resource(msgspec.Struct, kw_only=True, frozen=True):
     waitlist_enabled: bool = False
     max_per_request: int | None = None
     max_per_client: int | None = None
+    notify_window_ms: int = 900_000
     waitlist_length: int = 0
+    notified: int = 0
+    """The quantities of outstanding waiting-list notifications."""
     created_at: int | None = None
     updated_at: int | None = None
     now: int
@@ -91,12 +100,23 @@ class WaitlistEntry(msgspec.Struct, kw_only=True, frozen=True):
     resource_id: str
     client_id: str
     quantity: int
-    status: Literal["WAITING", "NOTIFIED", "FULFILLED", "LEFT"]
+    status: Literal["WAITING", "NOTIFIED", "EXPIRED", "FULFILLED", "LEFT"]
     position: int | None = None
     joined_at: int
     notified_at: int | None = None
+    expires_at: int | None = None
+    """While NOTIFIED: when the notification lapses (notified_at + the window then in force)."""
+    expired_at: int | None = None
     left_at: int | None = None
     fulfilled_at: int | None = None
+
+
+class WaitingList(msgspec.Struct, kw_only=True, frozen=True):
+    """One page of a resource's waiting list, in order (resv_waitlist)."""
+
+    waiting: int
+    """How many entries are WAITING in all."""
+    entries: list[WaitlistEntry]
 
 
 class ResourceSpec(msgspec.Struct, kw_only=True, frozen=True):
@@ -110,6 +130,8 @@ class ResourceSpec(msgspec.Struct, kw_only=True, frozen=True):
     waitlist_enabled: bool = False
     max_per_request: int | None = None
     max_per_client: int | None = None
+    notify_window_ms: int | None = None
+    """None: the default (15 minutes)."""
 
 
 class Event(msgspec.Struct, kw_only=True, frozen=True):

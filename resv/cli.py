@@ -16,10 +16,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("resv.commands.demo", "start everything on embedded servers and print how to use it"),
     "serve": ("resv.api.serve", "serve the HTTP API"),
     "archiver": ("resv.archiver.run", "drain the decision streams into PostgreSQL"),
+    "notifier": ("resv.notifier.run", "deliver signed webhooks from the audit"),
+    "listen": ("resv.commands.listen", "receive webhooks locally: verify each, print one JSON line per event"),
     "migrate": ("resv.archiver.migrate", "apply the SQL migrations"),
     "timeline": ("resv.commands.timeline", "print a resource's complete ordered history"),
     "verify": ("resv.commands.verify", "replay the audit through the Lua and compare every decision"),
     "restore": ("resv.commands.restore", "rebuild the engine state in an empty Redis from the audit"),
+    "start-over": ("resv.commands.start_over", "after a Redis data loss: start a new deployment instead of restoring"),
+    "partitions": ("resv.commands.partitions", "print the cluster slot each partition takes, and the share of each shard"),
     "keys": ("resv.commands.keys", "print the keys a resource's calls take (for redis-cli FCALL)"),
 }
 

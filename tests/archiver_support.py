@@ -23,6 +23,7 @@ from resv.archiver.drain import Archiver
 from resv.archiver.metrics import ArchiverMetrics
 from resv.archiver.migrate import apply_migrations
 from resv.archiver.settings import ArchiverSettings
+from resv.embedded_pg import EmbeddedPostgres
 from resv.engine import Engine, ResourceSpec, Settings
 from resv.engine.keys import stream_key
 
@@ -87,6 +88,18 @@ async def make_archiver(database_url: str, engine: Engine) -> AsyncIterator[Any]
     for redis, p in made:
         await p.close()
         await redis.aclose()
+
+
+@pytest.fixture
+async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
+    """A PostgreSQL of this test's own, to stop and start again."""
+    server = await asyncio.to_thread(EmbeddedPostgres)
+    await asyncio.to_thread(server.start)
+    try:
+        await apply_migrations(server.url)
+        yield server
+    finally:
+        await asyncio.to_thread(server.close)
 
 
 # ------------------------------------------------------------------ helpers

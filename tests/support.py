@@ -11,6 +11,22 @@ from resv.engine import keys
 
 PARTITIONS = 16
 
+OWN_SERVERS: set[str] = set()
+"""URLs of the Redis servers the suite started (tests/conftest.py): the only
+ones a test may wipe."""
+
+
+def own(r: Any) -> Any:
+    """`r`, a client of a server the suite started (tests/conftest.py), for a
+    test that wipes it (FLUSHALL, FUNCTION FLUSH); on a RESV_TEST_REDIS_URL
+    server the test skips: the suite never wipes a server it did not start."""
+    kwargs = r.connection_pool.connection_kwargs
+    if f"redis://{kwargs.get('host')}:{kwargs.get('port')}/{kwargs.get('db', 0)}" not in OWN_SERVERS:
+        import pytest
+
+        pytest.skip("wipes the whole server: runs only on one the suite started")
+    return r
+
 
 def rkeys(resource_id: str, partitions: int = PARTITIONS) -> list[str]:
     return list(keys.resource_keys(resource_id, partitions))
@@ -24,8 +40,22 @@ def _s(v: Any) -> str:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def fcall(r: redis.Redis, function: str, resource_id: str, *args: Any, extra_keys: tuple = ()) -> dict[str, str]:
+WRITES = frozenset({"resv_create", "resv_configure", "resv_open", "resv_close", "resv_reserve", "resv_cancel",
+                    "resv_wl_join", "resv_wl_leave", "resv_wl_sweep"})
+
+
+def wkeys(resource_id: str, partitions: int = PARTITIONS) -> list[str]:
+    """The waiting-list keys a write call takes after its other keys."""
+    return list(keys.waitlist_keys(resource_id, partitions))
+
+
+def call_keys(function: str, resource_id: str, extra_keys: tuple = ()) -> list[str]:
     ks = rkeys(resource_id) + list(extra_keys)
+    return ks + wkeys(resource_id) if function in WRITES else ks
+
+
+def fcall(r: redis.Redis, function: str, resource_id: str, *args: Any, extra_keys: tuple = ()) -> dict[str, str]:
+    ks = call_keys(function, resource_id, extra_keys)
     return as_dict(r.execute_command("FCALL", function, len(ks), *ks, resource_id, *args))
 
 
@@ -43,7 +73,11 @@ def reserve(r: redis.Redis, rid: str, client: str, qty: int | str, request_id: s
 def snapshot(r: redis.Redis, *, streams: bool = True) -> dict[str, Any]:
     """Every key's type and full value (streams as their entries)."""
     out: dict[str, Any] = {}
-    for key in sorted(r.keys("*")):
+    if isinstance(r, redis.RedisCluster):  # every primary's keys
+        found = r.keys("*", target_nodes=redis.RedisCluster.PRIMARIES)
+    else:
+        found = r.keys("*")
+    for key in sorted(found):
         kind = _s(r.type(key))
         if kind == "string":
             value = r.get(key)

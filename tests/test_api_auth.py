@@ -31,6 +31,16 @@ OPERATOR_ROUTES = [
     ("GET", "/metrics", None),
     ("GET", "/ops/resources/gig/timeline", None),
     ("GET", "/ops/requests/some-request", None),
+    ("GET", "/webhooks/event-types", None),
+    ("POST", "/webhooks", {"url": "https://example.com/hook", "event_types": ["*"]}),
+    ("GET", "/webhooks", None),
+    ("GET", "/webhooks/wh_x", None),
+    ("PATCH", "/webhooks/wh_x", {"enabled": False}),
+    ("DELETE", "/webhooks/wh_x", None),
+    ("POST", "/webhooks/wh_x/rotate-secret", None),
+    ("POST", "/webhooks/wh_x/test", None),
+    ("GET", "/webhooks/wh_x/deliveries", None),
+    ("POST", "/webhooks/wh_x/deliveries/msg_x/retry", None),
 ]
 
 

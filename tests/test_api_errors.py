@@ -13,6 +13,7 @@ import redis
 
 from resv.embedded import EmbeddedRedis, free_port
 from resv.engine import Engine
+from resv.engine.engine import NOT_CHECKED
 from resv.engine.settings import Settings as EngineSettings
 from tests.api_support import CL, OP, api, assert_no_leak, create_resource, reserve
 
@@ -131,7 +132,9 @@ async def test_unreachable_redis_is_503_and_the_app_still_starts(redis_url):
         ready = await c.get("/ready", headers=OP)  # names the dependency, by design: not scanned
         assert ready.status_code == 503
         assert ready.json() == {"status": "unavailable", "error": "UNAVAILABLE",
-                                "checks": {"redis": "down", "library": "down", "audit": "not_configured"}}
+                                "checks": {"redis": "down", "library": "down", "state": "down",
+                                           "durability": "up", "audit": "not_configured"},
+                                "problems": [NOT_CHECKED.state]}
         metrics = (await c.get("/metrics", headers=OP)).text
         assert "resv_redis_errors_total" in metrics
     for text in bodies:

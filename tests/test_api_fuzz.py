@@ -27,8 +27,31 @@ EXAMPLES = 60
 
 
 @pytest.fixture(scope="module")
-def live_api(redis_server):
-    with resv_serve(redis_server.url, RESV_AVAILABILITY_TTL_MS="0") as base:
+def fuzz_database(pg_server):
+    """A migrated database of this module's own: the /webhooks routes need one."""
+    import asyncio
+    import uuid
+
+    import psycopg
+
+    from resv.archiver.migrate import apply_migrations
+    from tests.archiver_support import database_url_of
+
+    name = f"resv_fuzz_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(pg_server.url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    url = database_url_of(pg_server.url, name)
+    asyncio.run(apply_migrations(url))
+    try:
+        yield url
+    finally:
+        with psycopg.connect(pg_server.url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="module")
+def live_api(redis_server, fuzz_database):
+    with resv_serve(redis_server.url, RESV_AVAILABILITY_TTL_MS="0", DATABASE_URL=fuzz_database) as base:
         headers = {"Authorization": f"Bearer {OPERATOR_KEY}"}
         # something to find: resources with and without a waiting list
         for rid, wl in (("fuzz-a", True), ("fuzz-b", False)):

@@ -25,7 +25,8 @@ async def test_ready_checks_redis_and_the_library(redis_url):
         r = await c.get("/ready", headers=OP)
         assert r.status_code == 200
         assert r.json() == {"status": "ready",
-                            "checks": {"redis": "up", "library": "up", "audit": "not_configured"},
+                            "checks": {"redis": "up", "library": "up", "state": "up", "durability": "up",
+                                       "audit": "not_configured"},
                             "archiver_lag": {"entries": 0, "seconds": 0.0}}
 
 
@@ -51,10 +52,13 @@ async def test_ready_reloads_a_flushed_library(redis_url):
 
 async def test_ready_reports_the_audit_down_without_failing_readiness(redis_url):
     """Commits need Redis alone: PostgreSQL down is reported, not judged."""
+    async with api(redis_url):  # the deployment is recorded
+        pass
     async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
         r = await c.get("/ready", headers=OP)
         assert r.status_code == 200
-        assert r.json()["checks"] == {"redis": "up", "library": "up", "audit": "down"}
+        assert r.json()["checks"] == {"redis": "up", "library": "up", "state": "up", "durability": "up",
+                                      "audit": "down"}
         assert r.json()["status"] == "ready"
         assert (await c.get("/ready")).status_code == 200
 
@@ -198,8 +202,73 @@ def test_the_log_writer_thread_keeps_every_line_in_order():
 
 
 async def test_timeline_with_postgres_down_is_503_not_a_partial_history(redis_url):
-    async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
+    down = f"postgresql://resv@127.0.0.1:{free_port()}/resv"
+    async with api(redis_url, database_url=down) as c:
+        # a server without deployment records and an audit that cannot be
+        # read: fresh or lost cannot be told, so nothing is served
+        assert (await c.post("/resources", headers=OP, json={
+            "resource_id": "gig", "type": "meetup", "capacity": 1})).status_code == 503
+        assert "the audit cannot be read" in (await c.get("/ready", headers=OP)).json()["problems"][0]
+    async with api(redis_url):  # no audit: the deployment is recorded
+        pass
+    async with api(redis_url, database_url=down) as c:
         await create_resource(c, "gig", 1)
         r = await c.get("/ops/resources/gig/timeline", headers=OP)
         assert (r.status_code, r.json()) == (503, {"error": "UNAVAILABLE"})
         assert (await reserve(c, "gig", "ann")).status_code == 201  # commits go on without it
+
+
+async def test_request_metrics_count_the_status_the_client_got(redis_url):
+    def count(text: str, path: str, status: int) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("resv_http_requests_total{") and f'path="{path}"' in line
+                   and f'status_code="{status}"' in line and 'method="POST"' in line)
+
+    async with api(redis_url) as c:  # the registry is the process's: compare before and after
+        before = (await c.get("/metrics", headers=OP)).text
+        await create_resource(c, "gig", 1)
+        await reserve(c, "gig", "ann")
+        await reserve(c, "gig", "bob", headers={"Authorization": "Bearer not-a-key"})
+        after = (await c.get("/metrics", headers=OP)).text
+    assert count(after, "/reservations", 201) - count(before, "/reservations", 201) == 1
+    # refused by the key check, inside the middleware
+    assert count(after, "/reservations", 401) - count(before, "/reservations", 401) == 1
+    assert count(after, "/resources", 201) - count(before, "/resources", 201) == 1
+    assert 'path="/metrics"' not in after  # scrapes are not counted
+    assert any(line.startswith("resv_http_request_duration_seconds_count{") and 'path="/reservations"' in line
+               for line in after.splitlines())
+    assert 'resv_http_requests_in_progress{app_name="resv",method="POST",path="/reservations"' in after
+
+
+async def test_server_processes_write_request_lines_straight_to_the_handler(redis_url, caplog):
+    """In `resv serve` the handler takes request lines without a LogRecord;
+    they keep their order with the records that do go through logging."""
+    import io
+
+    from resv.api.oplog import BackgroundStreamHandler
+
+    stream = io.StringIO()
+    handler = BackgroundStreamHandler(stream, request_lines=True)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("resv.api")
+    logger.addHandler(handler)
+    try:
+        with caplog.at_level(logging.INFO, logger="resv"):
+            async with api(redis_url) as c:
+                await create_resource(c, "gig", 1)
+                await reserve(c, "gig", "ann", key="ann-1")
+                logger.warning("between the requests")
+                await reserve(c, "gig", "bob", key="bob-1")
+                await c.get("/nowhere", headers=CL)
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    assert not [r for r in caplog.records if r.getMessage() == "request"]  # no LogRecord for them
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    requests = [line for line in lines if line["msg"] == "request"]
+    assert [(line["route"], line["status"]) for line in requests] == [
+        ("/resources", 201), ("/reservations", 201), ("/reservations", 409), (None, 404)]
+    assert [line["msg"] for line in lines if line["msg"] in ("request", "between the requests")] == [
+        "request", "request", "between the requests", "request", "request"]
+    assert (requests[2]["request_id"], requests[2]["reason"], requests[2]["level"]) == ("bob-1", "SOLD_OUT", "info")
+    assert requests[1]["key_id"] == "client#2" and requests[1]["time"].endswith("Z")

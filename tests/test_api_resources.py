@@ -8,7 +8,7 @@ from tests.api_support import CL, ISO_UTC_US, OP, api, create_resource, reserve
 
 FULL_STATE = {"resource_id", "type", "capacity", "reserved", "remaining", "state", "status", "version",
               "opens_at", "closes_at", "waitlist_enabled", "max_per_request", "max_per_client",
-              "waitlist_length", "created_at", "updated_at"}
+              "notify_window_ms", "waitlist_length", "notified", "created_at", "updated_at"}
 
 
 async def test_create_then_read(redis_url):
@@ -16,7 +16,7 @@ async def test_create_then_read(redis_url):
         r = await c.post("/resources", headers=OP, json={
             "resource_id": "gig.2026-11_a", "type": "meetup", "capacity": 40,
             "opens_at": "2026-01-01T02:00:00+02:00", "closes_at": "2040-01-01T00:00:00.5Z",
-            "waitlist_enabled": True, "max_per_request": 4, "max_per_client": 6})
+            "waitlist_enabled": True, "max_per_request": 4, "max_per_client": 6, "notify_window_ms": 120000})
         assert r.status_code == 201
         assert r.headers["etag"] == '"1"'
         body = r.json()
@@ -26,6 +26,7 @@ async def test_create_then_read(redis_url):
         assert body["opens_at"] == "2026-01-01T00:00:00.000000Z"  # converted to UTC
         assert body["closes_at"] == "2040-01-01T00:00:00.500000Z"
         assert (body["waitlist_enabled"], body["max_per_request"], body["max_per_client"]) == (True, 4, 6)
+        assert body["notify_window_ms"] == 120000
 
         got = await c.get("/resources/gig.2026-11_a", headers=OP)
         assert got.status_code == 200 and got.headers["etag"] == '"1"'
@@ -33,7 +34,9 @@ async def test_create_then_read(redis_url):
         assert set(state) == FULL_STATE
         assert (state["remaining"], state["status"], state["waitlist_length"]) == (40, "OPEN", 0)
         assert ISO_UTC_US.fullmatch(state["created_at"]) and ISO_UTC_US.fullmatch(state["updated_at"])
-        for key in ("opens_at", "closes_at", "max_per_request", "max_per_client", "type", "capacity"):
+        assert state["notified"] == 0
+        for key in ("opens_at", "closes_at", "max_per_request", "max_per_client", "type", "capacity",
+                    "notify_window_ms"):
             assert state[key] == body[key]
 
 
@@ -48,6 +51,8 @@ async def test_create_conflict_and_bad_input(redis_url):
             "capacity": ({"capacity": -1}, "capacity"),
             "huge capacity": ({"capacity": 10**10}, "capacity"),
             "limit": ({"max_per_client": 0}, "max_per_client"),
+            "no window": ({"notify_window_ms": 0}, "notify_window_ms"),
+            "long window": ({"notify_window_ms": 30 * 86_400_000 + 1}, "notify_window_ms"),
             "type": ({"type": "has space"}, "type"),
             "waitlist": ({"waitlist_enabled": "yes"}, "waitlist_enabled"),
             "unknown": ({"colour": "red"}, "colour"),
@@ -107,6 +112,13 @@ async def test_patch_is_one_version_bump_and_null_clears(redis_url):
         assert (state["capacity"], state["max_per_client"], state["closes_at"], state["waitlist_enabled"],
                 state["type"], state["state"], state["status"], state["max_per_request"]) == (
             7, None, None, True, "concert", "CLOSED", "CLOSED", 1)
+        assert state["notify_window_ms"] == 900_000  # the default
+        r = await c.patch("/resources/gig", headers={**OP, "If-Match": '"2"'}, json={"notify_window_ms": 5000})
+        assert (r.status_code, r.json()["notify_window_ms"], r.json()["version"]) == (200, 5000, 3)
+        r = await c.patch("/resources/gig", headers={**OP, "If-Match": '"3"'}, json={"notify_window_ms": None})
+        assert (r.status_code, r.json()["notify_window_ms"]) == (200, 900_000)
+        r = await c.patch("/resources/gig", headers={**OP, "If-Match": '"4"'}, json={"notify_window_ms": -1})
+        assert r.status_code == 400 and "notify_window_ms" in r.json()["detail"]
 
 
 async def test_patch_refusals(redis_url):

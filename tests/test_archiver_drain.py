@@ -12,6 +12,7 @@ from resv.archiver import streams
 from resv.archiver.drain import drain_until_empty
 from resv.archiver.lag import stream_lag
 from resv.archiver.store import event_rows, store_rows
+from resv.engine import StateError
 from resv.engine.keys import partition_of, stream_key
 from tests.archiver_support import (
     PARTITIONS,
@@ -275,11 +276,26 @@ async def test_a_stream_that_lost_its_group_is_archived_again(engine, make_archi
     await create(engine, "r", 10)
     archiver = await make_archiver()
     await archiver.drain()
-    await engine.redis.flushall()  # the streams and their group are gone
-    await create(engine, "r", 10)
     await reserve_many(engine, ["r"], 3)
+    p = partition_of("r", PARTITIONS)
+    await engine.redis.xgroup_destroy(stream_key(p), streams.GROUP)  # the data stays
     after = await stream_entries(engine.redis)
-    await archiver.drain()  # finds the group missing and recreates it
-    await archiver.drain()
+    with pytest.raises(streams.GroupsLost):
+        await archiver.drain()
+    await archiver.drain()  # the state check passes: the group is back
     rows = await archived_rows(pool)
     assert all(key in rows for key in after) and await stream_entries(engine.redis) == {}
+
+
+async def test_a_server_that_lost_its_data_is_not_archived_and_gets_no_stream(engine, make_archiver, pool) -> None:
+    await create(engine, "r", 10)
+    archiver = await make_archiver()
+    await archiver.drain()
+    await engine.redis.flushall()  # the streams, the group, the deployment records are gone
+    with pytest.raises(streams.GroupsLost):
+        await archiver.drain()
+    with pytest.raises(StateError, match="behind the audit"):
+        await archiver.drain()
+    assert await engine.redis.keys("*") == []  # no stream, no group, no record
+    assert await archiver.run_once() == 0 and archiver.refusing
+    assert archiver.metrics.state_behind._value.get() == 1

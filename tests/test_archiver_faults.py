@@ -122,18 +122,6 @@ async def test_archiver_process_serves_metrics_and_stops_cleanly(engine, databas
     await assert_archive_complete(engine.redis, pool, before)
 
 
-@pytest.fixture
-async def own_postgres() -> AsyncIterator[EmbeddedPostgres]:
-    """A PostgreSQL of this test's own, to stop and start again."""
-    server = await asyncio.to_thread(EmbeddedPostgres)
-    await asyncio.to_thread(server.start)
-    try:
-        await apply_migrations(server.url)
-        yield server
-    finally:
-        await asyncio.to_thread(server.close)
-
-
 async def test_postgres_outage_delays_the_audit_and_loses_nothing(engine, make_archiver, own_postgres) -> None:
     from redis.asyncio import Redis
 

@@ -72,7 +72,8 @@ def test_keys_are_plain_by_default_and_quoted_with_shell(capsys, monkeypatch) ->
     monkeypatch.delenv("RESV_PARTITIONS", raising=False)
     assert main(["keys", "concert-42", "--request-id", "op-1", "--actor", "client#1"]) == 0
     plain = capsys.readouterr().out.split()
-    expected = [*keys.resource_keys("concert-42", 16), keys.request_key("concert-42", "op-1", 16, "client#1")]
+    expected = list(keys.reserve_keys("concert-42", "op-1", 16, "client#1"))  # the scoped KEYS[7], KEYS[11]
+    assert len(expected) == 11 and expected[6] == "resv:{p8}:req:concert-42@client#1:op-1"
     assert plain == expected
     assert main(["keys", "concert-42", "--shell"]) == 0
     assert capsys.readouterr().out.split() == [f"'{k}'" for k in expected[:6]]

@@ -1,5 +1,6 @@
-"""Many concurrent commits on real servers (Valkey, and Redis when a
-redis-server >= 7 is installed): one winner per unit of capacity."""
+"""Many concurrent commits on real servers (Valkey, Redis when a
+redis-server >= 7 is installed, and a Valkey cluster of 3 primaries): one
+winner per unit of capacity."""
 
 from __future__ import annotations
 
@@ -7,10 +8,11 @@ import asyncio
 import uuid
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from resv.engine import Engine, ResourceSpec, Settings, keys
-from resv.engine.library import library_source
+from tests.conftest import empty_backend, sync_client
 from tests.report import record
 from tests.support import PARTITIONS, events
 
@@ -27,22 +29,27 @@ def check_stream(sync_redis, resource_id: str, capacity: int, calls: int) -> Non
         assert int(e["remaining"]) == capacity - booked
     ts = [int(e["ts"]) for e in evs]
     assert ts == sorted(ts)
-    server = sync_redis.info("server").get("server_name") or "redis"
+    if isinstance(sync_redis, redis.RedisCluster):
+        server = "a cluster of 3 primaries"
+    else:
+        server = sync_redis.info("server").get("server_name") or "redis"
     record(f"contention on {server}: {calls} calls for {capacity} seats", requests=calls,
            decisions=len(evs), overbooked=0, duplicated=0, lost=0)
 
 
-async def reserve_over_connections(url: str, resource_id: str, calls: int, connections: int):
-    """`calls` reserve FCALLs spread over `connections` separate connections."""
-    clients = [aioredis.Redis.from_url(url, decode_responses=True, single_connection_client=True)
+async def reserve_over_connections(url: str, resource_id: str, calls: int, connections: int, *,
+                                   cluster: bool = False):
+    """`calls` reserve FCALLs spread over `connections` separate connections
+    (cluster: separate cluster clients, each its own connections)."""
+    clients = [aioredis.RedisCluster.from_url(url, decode_responses=True) if cluster else
+               aioredis.Redis.from_url(url, decode_responses=True, single_connection_client=True)
                for _ in range(connections)]
-    ks = keys.resource_keys(resource_id, PARTITIONS)
 
     async def one(i: int):
         rq = uuid.uuid4().hex
-        req = keys.request_key(resource_id, rq, PARTITIONS)
         flat = await clients[i % connections].execute_command(
-            "FCALL", "resv_reserve", 7, *ks, req, resource_id, f"c{i}", "1", rq)
+            "FCALL", "resv_reserve", 10, *keys.reserve_keys(resource_id, rq, PARTITIONS),
+            resource_id, f"c{i}", "1", rq)
         return dict(zip(flat[::2], flat[1::2]))
 
     # one call in flight per connection at a time: real concurrency across connections
@@ -60,13 +67,11 @@ async def reserve_over_connections(url: str, resource_id: str, calls: int, conne
 
 
 @pytest.fixture
-def backend(redis_backend):
-    import redis
-
-    sync = redis.Redis.from_url(redis_backend.url, decode_responses=True)
-    sync.flushall()
-    sync.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
-    yield redis_backend.url, sync
+def backend(engine_backend):
+    """(url, sync client) of each backend and of the cluster, emptied."""
+    empty_backend(engine_backend)
+    sync = sync_client(engine_backend)
+    yield engine_backend.url, sync
     sync.close()
 
 
@@ -74,7 +79,7 @@ async def test_thousand_calls_fifty_connections_hundred_seats(backend):
     url, sync = backend
     async with Engine(Settings(redis_url=url, partitions=PARTITIONS)) as engine:
         await engine.create_resource(ResourceSpec(resource_id="hall", type="meetup", capacity=100))
-    results = await reserve_over_connections(url, "hall", 1000, 50)
+    results = await reserve_over_connections(url, "hall", 1000, 50, cluster=isinstance(sync, redis.RedisCluster))
     confirmed = [d for d in results if d["decision"] == "CONFIRMED"]
     rejected = [d for d in results if d["decision"] == "REJECTED"]
     assert len(confirmed) == 100
@@ -99,7 +104,7 @@ async def test_same_request_id_twenty_times_concurrently(backend):
     settings = Settings(redis_url=url, partitions=PARTITIONS)
     # separate engines: separate connections, truly concurrent
     engines = [Engine(settings) for _ in range(20)]
-    await engines[0].start()
+    await asyncio.gather(*(e.start() for e in engines))
     await engines[0].create_resource(ResourceSpec(resource_id="idem", type="meetup", capacity=50))
     try:
         results = await asyncio.gather(*(e.reserve("idem", "alice", 2, "same-request") for e in engines))

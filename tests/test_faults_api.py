@@ -19,7 +19,7 @@ from resv.embedded import EmbeddedRedis
 from tests.history import Observation, check
 from tests.procs import CLIENT_KEY, OPERATOR_KEY, ROOT, resv_env, resv_serve
 from tests.report import record
-from tests.support import events
+from tests.support import events, own
 
 OP = {"Authorization": f"Bearer {OPERATOR_KEY}"}
 CL = {"Authorization": f"Bearer {CLIENT_KEY}"}
@@ -140,7 +140,7 @@ async def audit_log(database_url: str, resource_id: str) -> list[dict]:
 
 
 async def test_flushed_library_is_reloaded_by_the_running_api(redis_server):
-    r = redis.Redis.from_url(redis_server.url)
+    r = own(redis.Redis.from_url(redis_server.url))
     r.flushall()
     with resv_serve(redis_server.url) as base:
         async with httpx.AsyncClient(base_url=base, timeout=10) as http:

@@ -1,6 +1,7 @@
 """Idempotency records: none for a resource that does not exist, and request
 ids scoped to the actor (the application) when one is given, at the Lua and
-through the HTTP API."""
+through the HTTP API; a record written before scoping (release 2) still
+answers an actor's retry after the upgrade."""
 
 from __future__ import annotations
 
@@ -24,9 +25,8 @@ def r(redis_url: str):
 
 
 def reserve_as(r, rid: str, client: str, qty: int, request_id: str, actor: str | None, *, ttl: str = "") -> dict:
-    req = keys.request_key(rid, request_id, PARTITIONS, actor)
     args = [rid, client, str(qty), request_id, ttl] + ([actor] if actor is not None else [])
-    ks = rkeys(rid) + [req]
+    ks = keys.reserve_keys(rid, request_id, PARTITIONS, actor)
     return as_dict(r.execute_command("FCALL", "resv_reserve", len(ks), *ks, *args))
 
 
@@ -84,19 +84,71 @@ def test_the_same_request_id_under_two_actors_makes_two_requests(r) -> None:
 def test_a_malformed_actor_is_refused_before_any_write(r, actor) -> None:
     create(r, "gig", 5)
     before = snapshot(r)
-    ks = rkeys("gig") + [f"{keys.resource_prefix('gig', PARTITIONS)}req:gig:{actor}:k"]
+    ks = keys.reserve_keys("gig", "k", PARTITIONS, "client#1")
     with pytest.raises(redis.ResponseError, match="BAD_ARGUMENT actor"):
-        r.execute_command("FCALL", "resv_reserve", 7, *ks, "gig", "ann", "1", "k", "", actor)
+        r.execute_command("FCALL", "resv_reserve", len(ks), *ks, "gig", "ann", "1", "k", "", actor)
     assert snapshot(r) == before
 
 
-def test_keys7_must_carry_the_actor(r) -> None:
+@pytest.mark.parametrize("case", ["unscoped KEYS[7]", "another actor's KEYS[7]", "KEYS[11] missing",
+                                  "KEYS[11] scoped", "no actor, 11 keys"])
+def test_the_request_keys_must_match_the_actor(r, case) -> None:
     create(r, "gig", 5)
     before = snapshot(r)
-    unscoped = keys.request_key("gig", "k", PARTITIONS)
-    with pytest.raises(redis.ResponseError, match="BAD_ARGUMENT KEYS\\[7\\]"):
-        r.execute_command("FCALL", "resv_reserve", 7, *rkeys("gig"), unscoped, "gig", "ann", "1", "k", "", "client#1")
+    ks = list(keys.reserve_keys("gig", "k", PARTITIONS, "client#1"))
+    actor: tuple[str, ...] = ("client#1",)
+    if case == "unscoped KEYS[7]":
+        ks[6], expected = keys.request_key("gig", "k", PARTITIONS), "KEYS\\[7\\] must be"
+    elif case == "another actor's KEYS[7]":
+        ks[6], expected = keys.request_key("gig", "k", PARTITIONS, "client#2"), "KEYS\\[7\\] must be"
+    elif case == "KEYS[11] missing":
+        ks, expected = ks[:10], "KEYS\\[7\\] must be"  # ten keys: release 2's call, KEYS[7] unscoped
+    elif case == "KEYS[11] scoped":
+        ks[10], expected = ks[6], "KEYS\\[11\\] must be"
+    else:
+        ks[6], actor, expected = keys.request_key("gig", "k", PARTITIONS), (), "expected 10 keys"
+    with pytest.raises(redis.ResponseError, match=f"BAD_ARGUMENT {expected}"):
+        r.execute_command("FCALL", "resv_reserve", len(ks), *ks, "gig", "ann", "1", "k", "", *actor)
     assert snapshot(r) == before
+
+
+def test_scopes_never_collide_whatever_the_request_id(r) -> None:
+    """No-actor request ids may hold ':' and '@'; an actor's scoped key can
+    still not be spelled by one."""
+    create(r, "gig", 5)
+    op = reserve_as(r, "gig", "ann", 1, "client#1:k", None)  # an ops script's id, shaped like a scope
+    app = reserve_as(r, "gig", "ann", 1, "k", "client#1")
+    assert (op["replayed"], app["replayed"]) == ("0", "0")
+    assert op["reservation_id"] != app["reservation_id"]
+    assert keys.request_key("gig", "client#1:k", PARTITIONS) != keys.request_key("gig", "k", PARTITIONS, "client#1")
+
+
+def test_a_record_from_before_scoping_answers_an_actors_retry(r) -> None:
+    """Release 2 kept every request unscoped: the API's retry after the
+    upgrade reads that record (KEYS[11]) and replays it, never books twice."""
+    r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source(2))
+    create(r, "gig", 5)
+    ks = [*rkeys("gig"), keys.request_key("gig", "k", PARTITIONS), *keys.waitlist_keys("gig", PARTITIONS)]
+    first = as_dict(r.execute_command("FCALL", "resv_reserve", 10, *ks, "gig", "ann", "2", "k", "", "client#1"))
+    assert first["decision"] == "CONFIRMED"
+    r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+    retry = reserve_as(r, "gig", "ann", 2, "k", "client#1")
+    assert retry["replayed"] == "1"
+    assert {k: v for k, v in retry.items() if k != "replayed"} == {k: v for k, v in first.items() if k != "replayed"}
+    assert r.hget(rkeys("gig")[0], "reserved") == "2"  # booked once
+    assert not r.exists(keys.request_key("gig", "k", PARTITIONS, "client#1"))  # a replay writes no record
+    # another body under the same key is still a reuse, as it was before the upgrade
+    assert reserve_as(r, "gig", "ann", 3, "k", "client#1")["reason"] == "REQUEST_ID_REUSED"
+
+
+def test_an_unscoped_record_of_this_release_is_not_an_actors(r) -> None:
+    """From release 3 on an unscoped record is an ops script's (it carries
+    `lib`): an application's equal request id is its own request."""
+    create(r, "gig", 5)
+    ops = reserve_as(r, "gig", "ann", 1, "k", None)
+    app = reserve_as(r, "gig", "ann", 1, "k", "client#1")
+    assert (ops["replayed"], app["replayed"]) == ("0", "0")
+    assert ops["reservation_id"] != app["reservation_id"]
 
 
 async def test_two_applications_with_the_same_idempotency_key_get_independent_decisions(redis_url) -> None:
@@ -116,3 +168,19 @@ async def test_two_applications_with_the_same_idempotency_key_get_independent_de
         assert "actor" not in retry.text and "client#" not in retry.text
         # within one application nothing changed: another body under its key is 422
         assert (await api_reserve(client, "gig", "ann", 3, key="order-1")).status_code == 422
+
+
+def test_a_release_2_process_during_a_rolling_upgrade(r) -> None:
+    """A process not yet upgraded makes release 2's call (ten keys, an
+    actor, KEYS[7] unscoped) on release 3: accepted, remembered as release 2
+    did, so the upgraded process's retry of that request replays it."""
+    create(r, "gig", 5)
+    ks = [*rkeys("gig"), keys.request_key("gig", "k", PARTITIONS), *keys.waitlist_keys("gig", PARTITIONS)]
+    old = as_dict(r.execute_command("FCALL", "resv_reserve", 10, *ks, "gig", "ann", "2", "k", "", "client#1"))
+    assert (old["decision"], old["replayed"]) == ("CONFIRMED", "0")
+    retry = reserve_as(r, "gig", "ann", 2, "k", "client#1")
+    assert retry["replayed"] == "1" and retry["reservation_id"] == old["reservation_id"]
+    assert r.hget(rkeys("gig")[0], "reserved") == "2"
+    logged = [e for e in events(r, "gig") if e["type"].startswith("RESERVATION_")]
+    assert [(e["type"], e.get("request_scope")) for e in logged] == [
+        ("RESERVATION_CONFIRMED", "resource"), ("RESERVATION_REPLAYED", None)]

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PARTS = {"engine": "resv.engine", "api": "resv.api", "archiver": "resv.archiver"}
-COMPOSITION = ("resv.cli", "resv.commands", "resv.embedded", "resv.embedded_pg", "resv.scratch", "resv.demo")
+PARTS = {"engine": "resv.engine", "api": "resv.api", "archiver": "resv.archiver", "notifier": "resv.notifier"}
+COMPOSITION = ("resv.cli", "resv.commands", "resv.embedded", "resv.embedded_pg", "resv.embedded_cluster", "resv.scratch", "resv.demo")
 ENGINE_PUBLIC = {"resv.engine", "resv.engine.types", "resv.engine.codes", "resv.engine.errors",
                  "resv.engine.keys", "resv.engine.settings"}
 
@@ -51,12 +51,24 @@ def test_the_rules_see_every_kind_of_import(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", sources("engine"), ids=lambda p: p.name)
 def test_engine_imports_no_other_part(path: Path) -> None:
     bad = {n for n in imported(path)
-           if under(n, "resv.api") or under(n, "resv.archiver") or any(under(n, c) for c in COMPOSITION)}
+           if under(n, "resv.api") or under(n, "resv.archiver") or under(n, "resv.notifier")
+           or any(under(n, c) for c in COMPOSITION)}
     assert not bad, f"{path.name} imports {bad}"
 
 
 @pytest.mark.parametrize("path", sources("archiver"), ids=lambda p: p.name)
 def test_archiver_imports_neither_the_api_nor_engine_internals(path: Path) -> None:
+    names = imported(path)
+    assert not {n for n in names if under(n, "resv.api") or under(n, "resv.notifier")
+                or any(under(n, c) for c in COMPOSITION)}
+    internals = {n for n in names if under(n, "resv.engine") and not _engine_public(n)}
+    assert not internals, f"{path.name} reaches engine internals {internals}"
+
+
+@pytest.mark.parametrize("path", sources("notifier"), ids=lambda p: p.name)
+def test_notifier_imports_neither_the_api_nor_engine_internals(path: Path) -> None:
+    """The notifier works from the audit: it may use the archiver (pools,
+    migrations, the NOTIFY channel) and the engine's public modules."""
     names = imported(path)
     assert not {n for n in names if under(n, "resv.api") or any(under(n, c) for c in COMPOSITION)}
     internals = {n for n in names if under(n, "resv.engine") and not _engine_public(n)}
@@ -68,12 +80,14 @@ def test_api_reads_the_archiver_through_its_read_side_only(path: Path) -> None:
     names = imported(path)
     archiver = {n for n in names if under(n, "resv.archiver") and not under(n, "resv.archiver.reads")}
     assert not archiver, f"{path.name} imports {archiver}"
+    notifier = {n for n in names if under(n, "resv.notifier") and not under(n, "resv.notifier.manage")}
+    assert not notifier, f"{path.name} reaches the notifier past resv.notifier.manage: {notifier}"
     assert not {n for n in names if any(under(n, c) for c in COMPOSITION)}
     internals = {n for n in names if under(n, "resv.engine") and not _engine_public(n)}
     assert not internals, f"{path.name} reaches engine internals {internals}"
 
 
-@pytest.mark.parametrize("path", sources("api") + sources("archiver"), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sources("api") + sources("archiver") + sources("notifier"), ids=lambda p: p.name)
 def test_no_part_reaches_into_the_engines_connections(path: Path) -> None:
     text = path.read_text()
     assert not re.search(r"engine\.(redis|_\w+)\b", text), f"{path.name} uses the engine's internals"

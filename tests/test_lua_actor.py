@@ -9,7 +9,7 @@ import redis
 
 from resv.engine import keys
 from resv.engine.library import library_source, library_version
-from tests.support import PARTITIONS, as_dict, rkeys
+from tests.support import PARTITIONS, as_dict, rkeys, wkeys
 
 LIB = str(library_version())
 
@@ -23,8 +23,9 @@ def r(redis_url: str):
 
 
 def call(r, fn: str, rid: str, *args: str, extra_keys: tuple = ()) -> tuple[dict, list[dict]]:
-    """The reply, and the events the call appended."""
-    ks = rkeys(rid) + list(extra_keys)
+    """The reply, and the events the call appended (every call here is a
+    write: it takes the waiting-list keys last)."""
+    ks = rkeys(rid) + list(extra_keys) + wkeys(rid)
     stream = ks[5]
     last = r.xrevrange(stream, count=1)
     reply = as_dict(r.execute_command("FCALL", fn, len(ks), *ks, rid, *args))

@@ -4,19 +4,28 @@ rejection path. A rejection changes nothing but its one logged event."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import pytest
 import redis
 
-from tests.support import create, events, fcall, reserve, rkeys, snapshot
+from tests.conftest import empty_backend
+from tests.support import as_dict, create, events, fcall, reserve, rkeys, snapshot, wkeys
 
 
-@pytest.fixture
-def r(redis_url: str):
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+@pytest.fixture(params=["server", "cluster"])
+def r(request: pytest.FixtureRequest):
+    """A client of the session server, or of the session cluster (every key
+    of a call in one slot; reads of the keyspace gather every primary)."""
     from resv.engine.library import library_source
 
-    client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
+    if request.param == "cluster":
+        cluster = request.getfixturevalue("redis_cluster")
+        empty_backend(SimpleNamespace(url=cluster.url, cluster=cluster))
+        client = redis.RedisCluster.from_url(cluster.url, decode_responses=True)
+    else:
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"), decode_responses=True)
+        client.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     yield client
     client.close()
 
@@ -156,12 +165,12 @@ def test_idempotent_retry_and_reuse(r):
 def test_idempotency_record_expires(r):
     create(r, "ttl", 5)
     req = "resv:{p%s}:req:ttl:q" % rkeys("ttl")[0].split("{p")[1].split("}")[0]
-    ks = rkeys("ttl") + [req]
-    r.execute_command("FCALL", "resv_reserve", 7, *ks, "ttl", "al", "1", "q", "50")
+    ks = rkeys("ttl") + [req] + wkeys("ttl")
+    r.execute_command("FCALL", "resv_reserve", 10, *ks, "ttl", "al", "1", "q", "50")
     assert 0 < r.pttl(req) <= 50
     time.sleep(0.1)
     assert r.exists(req) == 0
-    d = r.execute_command("FCALL", "resv_reserve", 7, *ks, "ttl", "al", "1", "q")
+    d = r.execute_command("FCALL", "resv_reserve", 10, *ks, "ttl", "al", "1", "q")
     assert d[d.index("replayed") + 1] == "0"
     assert 86_000_000 < r.pttl(req) <= 86_400_000
 
@@ -230,6 +239,7 @@ def test_waitlist_join_position_leave(r):
     ],
 )
 def test_waitlist_join_rejections_change_nothing(r, setup, reason, code):
+    setup = dict(setup)  # the parameter is shared by the server and cluster runs
     closed = setup.pop("closed", False)
     create(r, "wj", 1, **setup)
     if closed:
@@ -247,21 +257,23 @@ def test_freed_capacity_notifies_in_order_skipping_too_large(r):
     one = fcall(r, "resv_wl_join", "n", "one", "1")
     two = fcall(r, "resv_wl_join", "n", "two", "1")
     three = fcall(r, "resv_wl_join", "n", "three", "1")
-    # cancel 3 seats... but only after shrinking to 2 seats booked via a new reservation
     fcall(r, "resv_cancel", "n", booked["reservation_id"])
     notified = [e["entry_id"] for e in events(r, "n") if e["type"] == "WAITLIST_NOTIFIED"]
     # 3 freed: "big" (3) fits first and takes the whole freed capacity
     assert notified == [big["entry_id"]]
     assert fcall(r, "resv_wl_position", "n", one["entry_id"])["position"] == "1"
-    # now a freeing of 2: big does not wait any more; one and two fit, three does not
+    # big's notification is outstanding: a freeing of 2 frees nothing that is not promised
     reserve(r, "n", "y", 2, "q2")
     fcall(r, "resv_cancel", "n", "n~6")
     notified = [e["entry_id"] for e in events(r, "n") if e["type"] == "WAITLIST_NOTIFIED"]
-    assert notified == [big["entry_id"], one["entry_id"], two["entry_id"]]
-    st = fcall(r, "resv_wl_position", "n", three["entry_id"])
-    assert (st["status"], st["position"]) == ("WAITING", "1")
+    assert notified == [big["entry_id"]]
+    # big leaves: its 3 are free again; one, two and three fit, in join order
+    fcall(r, "resv_wl_leave", "n", big["entry_id"])
+    notified = [e["entry_id"] for e in events(r, "n") if e["type"] == "WAITLIST_NOTIFIED"]
+    assert notified == [big["entry_id"], one["entry_id"], two["entry_id"], three["entry_id"]]
     n1 = fcall(r, "resv_wl_position", "n", one["entry_id"])
     assert n1["status"] == "NOTIFIED" and n1["notified_at"] and n1["position"] == ""
+    assert int(n1["expires_at"]) == int(n1["notified_at"]) + 900_000_000
 
 
 def test_too_large_entry_keeps_its_place(r):
@@ -280,16 +292,16 @@ def test_capacity_raise_notifies_and_reserve_fulfils(r):
     reserve(r, "up", "x", 1, "a")
     e = fcall(r, "resv_wl_join", "up", "al", "2")
     d = fcall(r, "resv_configure", "up", "1", "capacity", "2")
-    assert [ev["type"] for ev in events(r, "up")][-1] == "RULES_CHANGED"  # 1 added: 2 does not fit
-    # each freeing is judged on its own: +1 then +1 never fits an entry of 2
-    fcall(r, "resv_configure", "up", "2", "capacity", "3")
-    assert events(r, "up")[-1]["type"] == "RULES_CHANGED"
-    d = fcall(r, "resv_configure", "up", "3", "capacity", "5")
-    assert d["version"] == "4"
+    assert [ev["type"] for ev in events(r, "up")][-1] == "RULES_CHANGED"  # 1 free: 2 does not fit
+    # what is free accumulates: +1 then +1 makes 2 free
+    d = fcall(r, "resv_configure", "up", "2", "capacity", "3")
+    assert d["version"] == "3"
     assert events(r, "up")[-1]["type"] == "WAITLIST_NOTIFIED"
+    assert fcall(r, "resv_resource", "up")["notified"] == "2"
     res = reserve(r, "up", "al", 2, "b")
     assert res["decision"] == "CONFIRMED"
     assert events(r, "up")[-1]["type"] == "WAITLIST_FULFILLED"
+    assert fcall(r, "resv_resource", "up")["notified"] == "0"
     st = fcall(r, "resv_wl_position", "up", e["entry_id"])
     assert st["status"] == "FULFILLED"
     assert fcall(r, "resv_wl_leave", "up", e["entry_id"])["reason"] == "ENTRY_FULFILLED"
@@ -308,3 +320,22 @@ def test_every_decision_records_its_version(r):
     ]
     ts = [int(e["ts"]) for e in evs]
     assert ts == sorted(ts)
+
+
+def test_waitlist_lists_the_waiting_in_order_and_writes_nothing(r):
+    create(r, "line", 1, waitlist=True)
+    reserve(r, "line", "x", 1, "q1")
+    joined = [fcall(r, "resv_wl_join", "line", c, "1")["entry_id"] for c in ("a", "b", "c", "d")]
+    fcall(r, "resv_wl_leave", "line", joined[1])  # b leaves: c and d move up
+    ks = rkeys("line")
+    before = snapshot(r)
+    reply = r.execute_command("FCALL_RO", "resv_waitlist", len(ks), *ks, "line", "0", "10")
+    assert reply[0] == 3
+    page = [as_dict(e) for e in reply[1:]]
+    assert [(e["entry_id"], e["client_id"], e["position"], e["status"]) for e in page] == [
+        (joined[0], "a", "1", "WAITING"), (joined[2], "c", "2", "WAITING"), (joined[3], "d", "3", "WAITING")]
+    second = r.execute_command("FCALL_RO", "resv_waitlist", len(ks), *ks, "line", "1", "1")
+    assert second[0] == 3 and as_dict(second[1])["entry_id"] == joined[2]
+    assert snapshot(r) == before
+    ks = rkeys("nothing")
+    assert r.execute_command("FCALL_RO", "resv_waitlist", len(ks), *ks, "nothing", "0", "10") == []

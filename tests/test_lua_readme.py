@@ -40,7 +40,8 @@ def test_readme_example_runs(redis_url, tmp_path):
     assert "BAD_ARGUMENT" not in out.stdout and "ERR" not in out.stdout, out.stdout
     k = "resv:{p8}:res:concert-42"
     assert r.hget(k, "capacity") == "10" and r.hget(k, "version") == "4" and r.hget(k, "state") == "OPEN"
-    assert r.hget(k, "reserved") == "0"
+    assert r.hget(k, "reserved") == "0" and r.hget(k, "notify_window_ms") == "30000"
+    assert r.hget(k, "notified") == "0" and r.zcard("resv:{p8}:notified") == 0
     events = [f for _, f in r.xrange("resv:{p8}:events")]
     types = [f["type"] for f in events]
     # who asked: given on create, the scoped reserve, configure and close, absent elsewhere
@@ -55,5 +56,6 @@ def test_readme_example_runs(redis_url, tmp_path):
     ]
     rejected = [f for _, f in r.xrange("resv:{p8}:events") if f["type"] == "RESERVATION_REJECTED"]
     assert rejected[0]["actor"] == "client#1" and rejected[0]["reason"] == "SOLD_OUT"
-    assert r.exists("resv:{p8}:req:concert-42:client#1:op-1")
+    assert r.exists("resv:{p8}:req:concert-42@client#1:op-1")
+    assert r.hgetall("resv:{p8}:deployment")["deployment_id"] == "demo-deployment"
     r.close()

@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SOURCES = ["pyproject.toml", "resv", "engine", "api", "archiver", "lua"]
+SOURCES = ["pyproject.toml", "resv", "engine", "api", "archiver", "notifier", "lua"]
 
 
 def test_every_subpackage_is_listed() -> None:
@@ -29,7 +29,7 @@ def test_every_subpackage_is_listed() -> None:
             rel = init.parent.relative_to(ROOT / folder).parts
             name = ".".join((package, *rel))
             assert name in listed, f"add {name!r} to [tool.setuptools] packages"
-    assert set(mapped) == {"resv", "resv.engine", "resv.api", "resv.archiver", "resv.lua"}
+    assert set(mapped) == {"resv", "resv.engine", "resv.api", "resv.archiver", "resv.notifier", "resv.lua"}
 
 
 def test_resources_resolve_from_the_import_system() -> None:
@@ -72,7 +72,10 @@ def test_wheel_contains_lua_and_migrations(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"resv/lua/__init__.py", "resv/lua/resv.lua", "resv/lua/releases/resv_1.lua",
             "resv/archiver/migrations/9999_probe.sql",
-            "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py"} <= names
+            "resv/engine/engine.py", "resv/api/app.py", "resv/embedded.py", "resv/cli.py",
+            # the console's templates and assets ship inside the package (no CDN)
+            "resv/api/console/templates/resource.html", "resv/api/console/static/console.css",
+            "resv/api/console/static/console.js"} <= names
     from resv.api.docs import REDOC_VERSION  # the OpenAPI page's assets, served from the package
     assert f"resv/api/static/redoc-{REDOC_VERSION}/redoc.standalone.js" in names
     # One top-level import package: nothing else that an application's own

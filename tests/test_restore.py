@@ -7,11 +7,14 @@ import asyncio
 
 import pytest
 
+from resv.archiver import streams
 from resv.archiver.restore import RestoreError, restore
 from resv.archiver.verify import verify
+from resv.engine import check_state
+from resv.engine.keys import partition_of, stream_key
 from resv.scratch import scratch_server
 from tests.archiver_support import PARTITIONS, create
-from tests.support import snapshot
+from tests.support import own, snapshot
 
 
 async def activity(engine) -> None:
@@ -28,7 +31,11 @@ async def activity(engine) -> None:
 
 
 def state_of(sync) -> dict:
-    return {k: v for k, v in snapshot(sync, streams=False).items() if ":req:" not in k}
+    return {k: v for k, v in snapshot(sync, streams=False).items() if ":req:" not in k and ":deployment" not in k}
+
+
+def deployment_ids(sync) -> dict[str, str]:
+    return {k: sync.hget(k, "deployment_id") for k in sync.keys("resv:*:deployment")}
 
 
 async def test_restore_rebuilds_the_state_and_verify_agrees(engine, make_archiver, pool, redis_url):
@@ -37,14 +44,15 @@ async def test_restore_rebuilds_the_state_and_verify_agrees(engine, make_archive
     await activity(engine)
     await (await make_archiver()).drain()
     sync = sync_redis.Redis.from_url(redis_url, decode_responses=True)
-    before = state_of(sync)
+    before, deployment = state_of(sync), deployment_ids(sync)
+    assert len(deployment) == PARTITIONS and len(set(deployment.values())) == 1
     requests = sorted(k for k in sync.keys("resv:*") if ":req:" in k)
-    sync.flushall()
+    own(sync).flushall()
     sync.execute_command("FUNCTION", "FLUSH")  # all Redis data lost
 
     report = await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches == [] and report.events >= 18
-    assert state_of(sync) == before
+    assert state_of(sync) == before and deployment_ids(sync) == deployment
     assert sorted(k for k in sync.keys("resv:*") if ":req:" in k) == requests
     assert 0 < sync.pttl(requests[0]) <= 86_400_000
     assert (await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)).ok
@@ -67,9 +75,35 @@ async def test_restore_rebuilds_the_state_and_verify_agrees(engine, make_archive
 async def test_restore_refuses_a_non_empty_target(engine, make_archiver, pool):
     await create(engine, "x", 1)
     await (await make_archiver()).drain()
-    with pytest.raises(RestoreError, match="empty"):
+    with pytest.raises(RestoreError, match=r"holds engine state \(resv:\{p\d+\}:(res:x|events)\)"):
         await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert (await engine.resource("x")).capacity == 1
+
+
+async def test_restore_accepts_what_the_engine_creates_on_an_empty_server(engine, make_archiver, pool, redis_url):
+    import redis as sync_redis
+
+    await activity(engine)
+    await (await make_archiver()).drain()
+    sync = sync_redis.Redis.from_url(redis_url, decode_responses=True)
+    before, deployment = state_of(sync), deployment_ids(sync)
+    own(sync).flushall()
+    # what processes of an older version or a fresh start leave: empty
+    # streams with their group, and another deployment's records
+    await streams.ensure_groups(engine.redis, range(PARTITIONS))
+    await check_state(engine.redis, PARTITIONS, None)
+    report = await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
+    assert report.mismatches == [] and state_of(sync) == before and deployment_ids(sync) == deployment
+    assert (await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)).ok
+
+    # a stream that ever held an entry is state, even trimmed to nothing
+    own(sync).flushall()
+    p = partition_of("hall", PARTITIONS)
+    sync.xadd(stream_key(p), {"type": "X"}, id="1-1")
+    sync.xtrim(stream_key(p), minid="2-0")
+    with pytest.raises(RestoreError, match="holds engine state"):
+        await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
+    sync.close()
 
 
 async def test_restore_writes_nothing_when_the_audit_was_tampered(engine, make_archiver, pool, redis_url):
@@ -81,7 +115,7 @@ async def test_restore_writes_nothing_when_the_audit_was_tampered(engine, make_a
         await conn.execute("UPDATE events SET remaining = remaining + 1 "
                            "WHERE type = 'RESERVATION_CONFIRMED' AND request_id = 'q3'")
     sync = sync_redis.Redis.from_url(redis_url, decode_responses=True)
-    sync.flushall()
+    own(sync).flushall()
     report = await restore(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches and report.keys == 0
     assert sync.keys("resv:*") == []

@@ -6,10 +6,13 @@ events."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import redis as sync_redis
 
 from resv.archiver.restore import restore
 from resv.archiver.verify import verify
+from resv.engine import keys
 from resv.engine.library import library_source, library_version
 from resv.scratch import scratch_server
 from tests.archiver_support import PARTITIONS, entries_added
@@ -19,12 +22,59 @@ from tests.test_verify import every_kind_of_decision
 CURRENT = str(library_version())
 
 
+class Release1Process:
+    """The calls a release-1 process made, with release 1's shapes: the six
+    resource keys (seven for resv_reserve), no actor, no notify window. The
+    same methods as the engine, so every_kind_of_decision drives it."""
+
+    def __init__(self, engine) -> None:
+        self.redis = engine.redis
+
+    async def _fcall(self, function: str, ks: tuple, *args: str) -> SimpleNamespace:
+        flat = await self.redis.execute_command("FCALL", function, len(ks), *ks, *args)
+        return SimpleNamespace(**{flat[i]: flat[i + 1] for i in range(0, len(flat), 2)})
+
+    def _keys(self, rid: str) -> tuple:
+        return keys.resource_keys(rid, PARTITIONS)
+
+    async def create_resource(self, spec) -> SimpleNamespace:
+        opt = lambda v: "" if v is None else str(v)  # noqa: E731
+        return await self._fcall("resv_create", self._keys(spec.resource_id), spec.resource_id, spec.type,
+                                 str(spec.capacity), opt(spec.opens_at), opt(spec.closes_at),
+                                 "1" if spec.waitlist_enabled else "0", opt(spec.max_per_request),
+                                 opt(spec.max_per_client))
+
+    async def reserve(self, rid: str, client: str, qty: int, request_id: str) -> SimpleNamespace:
+        req = keys.request_key(rid, request_id, PARTITIONS)
+        return await self._fcall("resv_reserve", (*self._keys(rid), req), rid, client, str(qty), request_id)
+
+    async def cancel(self, reservation_id: str) -> SimpleNamespace:
+        rid = keys.resource_of_reservation(reservation_id)
+        return await self._fcall("resv_cancel", self._keys(rid), rid, reservation_id)
+
+    async def join_waitlist(self, rid: str, client: str, qty: int) -> SimpleNamespace:
+        return await self._fcall("resv_wl_join", self._keys(rid), rid, client, str(qty))
+
+    async def leave_waitlist(self, entry_id: str) -> SimpleNamespace:
+        rid = keys.resource_of_entry(entry_id)
+        return await self._fcall("resv_wl_leave", self._keys(rid), rid, entry_id)
+
+    async def configure(self, rid: str, version: int, changes: dict) -> SimpleNamespace:
+        pairs = [x for name, value in changes.items() for x in (name, str(value))]
+        return await self._fcall("resv_configure", self._keys(rid), rid, str(version), *pairs)
+
+    async def open(self, rid: str, version: int) -> SimpleNamespace:
+        return await self._fcall("resv_open", self._keys(rid), rid, str(version))
+
+    async def close(self, rid: str, version: int) -> SimpleNamespace:
+        return await self._fcall("resv_close", self._keys(rid), rid, str(version))
+
+
 async def run_release_1(engine) -> None:
-    """Release 1 on the server; the engine's calls without an actor are the
-    calls a release-1 process made (same arguments), so release 1 decides."""
+    """Release 1 on the server, called as a release-1 process called it."""
     await engine.redis.execute_command("FUNCTION", "LOAD", "REPLACE", library_source(1))
     assert await engine.redis.fcall_ro("resv_version", 0) == "1"
-    await every_kind_of_decision(engine, actors=False)
+    await every_kind_of_decision(Release1Process(engine), actors=False)
 
 
 async def all_events(engine) -> dict[tuple[int, str], dict[str, str]]:
@@ -66,9 +116,10 @@ async def test_a_live_upgrade_keeps_the_state_and_replays_each_release(engine, m
     # goes on with the state release 1 wrote
     assert await engine.load_library() is True
     assert await engine.redis.fcall_ro("resv_version", 0) == CURRENT
-    # release 1's record is unscoped: a retry without an actor replays it (with one it is a new
-    # request, docs/operations.md "Idempotency keys")
+    # release 1's records are unscoped: a retry replays them, made with an actor too (resv_reserve
+    # reads the unscoped record, KEYS[11], when it holds no `lib`), so an upgrade never books twice
     assert (await engine.reserve("a", "alice", 2, "r1")).replayed
+    assert (await engine.reserve("a", "alice", 2, "r1", actor="client#1")).replayed
     await engine.open("a", 3, actor="operator#1")
     got = await engine.reserve("a", "frank", 1, "u1", actor="client#1")
     assert got.confirmed

@@ -3,8 +3,9 @@
 When REDIS_URL / DATABASE_URL are unset it starts a private Valkey (AOF,
 appendfsync always) and a private PostgreSQL, each on a free loopback port
 with its data under .resv/; generates API keys when RESV_API_KEYS is unset;
-then runs `resv serve` and `resv archiver` as child processes and prints how
-to use them. Ctrl-C stops everything.
+then runs `resv serve`, `resv archiver` and `resv notifier` as child
+processes and prints how to use them (webhooks to a `resv listen` receiver on
+this machine included: RESV_WEBHOOK_ALLOW_PRIVATE=1). Ctrl-C stops everything.
 """
 
 from __future__ import annotations
@@ -68,12 +69,15 @@ def run(args: argparse.Namespace) -> int:
             notes.append("generated API keys (set RESV_API_KEYS to choose your own)")
         # The embedded server fsyncs every write, so the strict profile holds.
         env.setdefault("RESV_DURABILITY", "strict")
+        # Webhooks to a receiver on this machine (`resv listen`).
+        env.setdefault("RESV_WEBHOOK_ALLOW_PRIVATE", "1")
         port = args.port if _port_free(args.host, args.port) else free_port()
         cli = [sys.executable, "-m", "resv"]
         children = [
             subprocess.Popen([*cli, "serve", "--host", args.host, "--port", str(port),
                               "--workers", str(args.workers)], env=env),
             subprocess.Popen([*cli, "archiver"], env=env),
+            subprocess.Popen([*cli, "notifier"], env=env),
         ]
         stack.callback(_stop_all, children)
         base = f"http://{args.host}:{port}"
@@ -127,12 +131,13 @@ resv is running.
 {lines}
 
   API        {base}
+  console    {base}/console  (sign in with the operator key)
   OpenAPI    {base}/schema  (JSON: {base}/schema/openapi.json)
   metrics    {base}/metrics (operator key)
   operator key: {op}
   client key:   {client}
 
-Try it:
+Try it (and watch the decisions arrive on {base}/console/resources/meetup-1):
   curl -s -X POST {base}/resources -H 'Authorization: Bearer {op}' \\
        -H 'Content-Type: application/json' \\
        -d '{{"resource_id": "meetup-1", "type": "meetup", "capacity": 20, "waitlist_enabled": true}}'
@@ -141,6 +146,12 @@ Try it:
        -H 'Content-Type: application/json' -H 'Idempotency-Key: order-1' \\
        -d '{{"resource_id": "meetup-1", "quantity": 2, "client_id": "alice"}}'
   curl -s '{base}/ops/resources/meetup-1/timeline' -H 'Authorization: Bearer {op}'
+
+Webhooks (signed, from the audit; `resv listen` verifies and prints each event):
+  curl -s -X POST {base}/webhooks -H 'Authorization: Bearer {op}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"url": "http://127.0.0.1:9000/", "event_types": ["*"]}}'
+  {sys.executable} -m resv listen --port 9000 --secret <the "secret" it answered>
 
 Audit in PostgreSQL: psql "{env['DATABASE_URL']}" -c 'select * from events order by ms, seq'
 Redis functions directly: see lua/README.md (server {env['REDIS_URL']}).

@@ -7,12 +7,12 @@ import argparse
 import asyncio
 import sys
 
-from redis.asyncio import Redis
 
 from resv.archiver.db import open_pool
 from resv.archiver.restore import RestoreError, RestoreReport, restore
 from resv.archiver.settings import ArchiverSettings
 from resv.engine import LibraryVersionError
+from resv.engine import open_client
 from resv.engine.settings import Settings
 from resv.scratch import scratch_server
 
@@ -40,12 +40,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"restore: the audit does not replay cleanly ({len(report.mismatches)} mismatches); nothing written")
         return 1
     print(f"restore: {report.events} archived events replayed, {report.keys} keys written "
-          f"({report.expired_requests} expired idempotency records left out). Now run: resv verify")
+          f"({report.expired_requests} expired idempotency records left out), deployment "
+          f"{report.deployment_id} recorded. Now run: resv verify")
     return 0
 
 
 async def _run(redis_url: str, database_url: str, settings: Settings) -> RestoreReport:
-    target = Redis.from_url(redis_url, decode_responses=True)
+    target, settings = await open_client(redis_url, settings)  # a cluster's client on a cluster
     pool = await open_pool(database_url, max_size=1)
     try:
         return await restore(target, pool, settings.partitions, scratch_server=scratch_server,

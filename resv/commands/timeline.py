@@ -8,11 +8,11 @@ import asyncio
 import sys
 
 import msgspec
-from redis.asyncio import Redis
 
 from resv.archiver.db import open_pool
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.timeline import AuditUnavailable, TimelineEvent, resource_timeline
+from resv.engine import open_client
 from resv.engine.settings import Settings
 
 PAGE = 1000
@@ -34,14 +34,15 @@ def run(args: argparse.Namespace) -> int:
         return 2
     database_url = args.database_url or ArchiverSettings.from_env().database_url
     try:
-        return asyncio.run(_print(args, redis_url, database_url, settings.partitions))
+        return asyncio.run(_print(args, redis_url, database_url, settings))
     except AuditUnavailable as exc:
         print(f"resv timeline: {exc}", file=sys.stderr)
         return 1
 
 
-async def _print(args: argparse.Namespace, redis_url: str, database_url: str | None, partitions: int) -> int:
-    redis = Redis.from_url(redis_url, decode_responses=True)
+async def _print(args: argparse.Namespace, redis_url: str, database_url: str | None, settings: Settings) -> int:
+    redis, settings = await open_client(redis_url, settings)  # a cluster's client on a cluster
+    partitions = settings.partitions
     pool = await open_pool(database_url, max_size=1) if database_url else None
     out = sys.stdout
     try:

@@ -11,12 +11,13 @@ import sys
 
 import psycopg
 from psycopg_pool import PoolTimeout
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from resv.archiver.db import open_pool
 from resv.archiver.settings import ArchiverSettings
 from resv.archiver.verify import VerifyReport, verify
+from resv.engine import BEHIND, PartitionsMismatch
+from resv.engine import open_client
 from resv.engine.settings import Settings
 from resv.scratch import scratch_server
 
@@ -38,6 +39,9 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         report = asyncio.run(_run(redis_url, database_url, settings, args.resource))
+    except PartitionsMismatch as exc:
+        print(f"resv verify: {exc}", file=sys.stderr)
+        return 2
     except (OSError, RedisError, psycopg.Error, PoolTimeout) as exc:
         print(f"resv verify: cannot read the log: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
@@ -50,13 +54,17 @@ def run(args: argparse.Namespace) -> int:
           + (f" ({report.inferred} with inputs inferred from their outcome)" if report.inferred else "")
           + (f", final state of {report.resources} resources compared" if redis_url else ", no live state compared")
           + (f", {len(report.skipped)} changed during verify (not compared)" if report.skipped else ""))
+    if report.behind:
+        print(f"{BEHIND} (partitions {', '.join(map(str, report.behind))})")
     print(f"{len(report.mismatches)} mismatches")
     return 0 if report.ok else 1
 
 
 async def _run(redis_url: str | None, database_url: str | None, settings: Settings,
                resource_id: str | None) -> VerifyReport:
-    live = Redis.from_url(redis_url, decode_responses=True) if redis_url else None
+    live = None
+    if redis_url:  # a cluster's client on a cluster
+        live, settings = await open_client(redis_url, settings)
     pool = await open_pool(database_url, max_size=1) if database_url else None
     try:
         return await verify(live, pool, settings.partitions, resource_id=resource_id,
