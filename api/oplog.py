@@ -24,7 +24,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from resv.api.ids import new_request_id
 from resv.api.times import iso_from_us
-from resv.engine.types import Decision
+from resv.engine.types import Decision, ReservationReply
 
 LOGGER = "resv.api"
 log = logging.getLogger(LOGGER)
@@ -89,7 +89,7 @@ def _line(scope: Scope, status: int, started: float, entry: Note) -> dict[str, A
         fields["code"] = decision.code
         fields["reason"] = decision.reason
         fields["ts"] = iso_from_us(decision.ts)
-        if decision.replayed:
+        if isinstance(decision, ReservationReply) and decision.replayed:
             fields["replayed"] = True
     return fields
 

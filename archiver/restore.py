@@ -34,7 +34,7 @@ from resv.archiver.replay import (
 from resv.archiver.streams import GROUP
 from resv.archiver.verify import load_partition
 from resv.engine import ensure_library
-from resv.engine.keys import stream_key
+from resv.engine.keys import KEY_PREFIX, PARTITION_KEYS_GLOB, is_stream_key, stream_key
 
 
 class RestoreError(RuntimeError):
@@ -51,8 +51,8 @@ class RestoreReport(msgspec.Struct, kw_only=True):
 async def restore(target: Redis, pool: AsyncConnectionPool, partitions: int, *,
                   scratch_server: ScratchFactory, idempotency_ttl_ms: int = 86_400_000) -> RestoreReport:
     """target: decode_responses=True. Refuses a target holding any engine key."""
-    async for _ in target.scan_iter(match="resv:*", count=1000):
-        raise RestoreError("the target Redis already holds engine keys (resv:*): restore only into an empty one")
+    async for _ in target.scan_iter(match=KEY_PREFIX + "*", count=1000):
+        raise RestoreError(f"the target Redis already holds engine keys ({KEY_PREFIX}*): restore only into an empty one")
     await ensure_library(target)  # LibraryVersionError before any write: the library only moves forward
     report = RestoreReport()
     planner = Planner(idempotency_ttl_ms)
@@ -83,8 +83,8 @@ def _micros(t: tuple[int, int]) -> int:
 async def _copy_state(scratch: Redis, target: Redis, expires: dict[str, int], now_us: int,
                       report: RestoreReport) -> None:
     pipe = target.pipeline(transaction=False)
-    async for key in scratch.scan_iter(match="resv:{p*", count=1000):
-        if key.endswith(":events") or key == CLOCK_KEY:
+    async for key in scratch.scan_iter(match=PARTITION_KEYS_GLOB, count=1000):
+        if is_stream_key(key) or key == CLOCK_KEY:
             continue
         kind = await scratch.type(key)
         if kind == "hash":

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from resv.engine.limits import DEFAULT_IDEMPOTENCY_TTL_MS, MAX_IDEMPOTENCY_TTL_MS
+
 
 def env_number(env: Mapping[str, str], name: str, default, kind=int):
     """A non-negative number from the environment; the default when unset."""
@@ -29,8 +31,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     partitions: int = 16
     """RESV_PARTITIONS: number of event streams (and hash tags). Fixed for a
     deployment: resources are mapped to partitions by crc32 of their id."""
-    idempotency_ttl_ms: int = 86_400_000
-    """RESV_IDEMPOTENCY_TTL_MS: how long a request id's decision is remembered."""
+    idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS
+    """RESV_IDEMPOTENCY_TTL_MS: how long a request id's decision is remembered
+    (at most the Lua's MAX_IDEMPOTENCY_TTL_MS)."""
     socket_timeout: float = 1.0
     """RESV_REDIS_TIMEOUT_S: per-command socket timeout; also how long the
     lane (engine/lane.py) waits for a reply before dropping its connection."""
@@ -58,10 +61,13 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         partitions = num("RESV_PARTITIONS", 16)
         if not 1 <= partitions <= 1024:
             raise ValueError("RESV_PARTITIONS must be in 1..1024")
+        ttl = num("RESV_IDEMPOTENCY_TTL_MS", DEFAULT_IDEMPOTENCY_TTL_MS) or DEFAULT_IDEMPOTENCY_TTL_MS
+        if ttl > MAX_IDEMPOTENCY_TTL_MS:  # else every reservation would be refused as malformed
+            raise ValueError(f"RESV_IDEMPOTENCY_TTL_MS must be at most {MAX_IDEMPOTENCY_TTL_MS} (365 days)")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             partitions=partitions,
-            idempotency_ttl_ms=num("RESV_IDEMPOTENCY_TTL_MS", 86_400_000) or 86_400_000,
+            idempotency_ttl_ms=ttl,
             socket_timeout=num("RESV_REDIS_TIMEOUT_S", 1.0, float),
             retries=num("RESV_REDIS_RETRIES", 2),
             max_connections=num("RESV_REDIS_MAX_CONNECTIONS", 64) or 64,

@@ -49,17 +49,20 @@ local MAX_INT = 1000000000          -- capacity, quantities, limits
 local MAX_TIME = 9000000000000000   -- us; keeps integers exact in doubles
 local MAX_ID = 128                  -- client, request and entry ids
 local MAX_RESOURCE_ID = 64
+local MAX_TYPE = 64                 -- resource types
 local MAX_ACTOR = 64
 local MAX_WALK = 1000               -- waiting entries scanned per freeing
 local DEFAULT_IDEMPOTENCY_TTL_MS = 86400000
-
-local RULE_FIELDS = {'type', 'capacity', 'state', 'opens_at', 'closes_at',
-                     'waitlist_enabled', 'max_per_request', 'max_per_client'}
+local MAX_IDEMPOTENCY_TTL_MS = 31536000000  -- 365 days
 
 -- ---------------------------------------------------------------- helpers
 
 local function bad(msg)
   return redis.error_reply('BAD_ARGUMENT ' .. msg)
+end
+
+local function bad_id(name)
+  return bad(name .. ' must be 1-' .. MAX_ID .. ' printable ASCII chars')
 end
 
 local function fmt(n)
@@ -174,6 +177,27 @@ local function emit(K, ev)
   return redis.call(unpack(args))
 end
 
+-- The version/remaining pair every decision reports ('' for a resource
+-- that does not exist).
+local function counters(r)
+  if not r then return {'version', '', 'remaining', ''} end
+  return {'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)}
+end
+
+-- Logs the decision and returns it: the reply is the logged event.
+local function decided(K, ev)
+  emit(K, ev)
+  return ev
+end
+
+-- resv_reserve replies say whether they repeat an earlier decision; the
+-- flag is never logged (a retry logs RESERVATION_REPLAYED instead).
+local function with_replayed(reply, flag)
+  reply[#reply + 1] = 'replayed'
+  reply[#reply + 1] = flag
+  return reply
+end
+
 local function rules_fields(r)
   return {'resource_type', r.type, 'capacity', fmt(r.capacity), 'state', r.state,
           'opens_at', opt(r.opens_at), 'closes_at', opt(r.closes_at),
@@ -182,8 +206,12 @@ local function rules_fields(r)
           'max_per_client', opt(r.max_per_client)}
 end
 
-local function append(t, more)
-  for i = 1, #more do t[#t + 1] = more[i] end
+-- Appends the items of each list, in order, to t.
+local function append(t, ...)
+  for n = 1, select('#', ...) do
+    local more = select(n, ...)
+    for i = 1, #more do t[#t + 1] = more[i] end
+  end
   return t
 end
 
@@ -239,8 +267,8 @@ end
 -- Optional numeric rules take '' to clear them.
 local function parse_rule(field, v)
   if field == 'type' then
-    if type(v) == 'string' and #v >= 1 and #v <= 64 and v:match('^[\33-\126]+$') then return v end
-    return nil, bad('type must be 1-64 printable characters')
+    if type(v) == 'string' and #v >= 1 and #v <= MAX_TYPE and v:match('^[\33-\126]+$') then return v end
+    return nil, bad('type must be 1-' .. MAX_TYPE .. ' printable characters')
   elseif field == 'capacity' then
     local n = int_in(v, 0, MAX_INT)
     if n then return n end
@@ -317,21 +345,16 @@ local function create(keys, args)
   if not window_ok(r.opens_at, r.closes_at) then return bad('opens_at must be before closes_at') end
   local now = server_now()
   if redis.call('EXISTS', K.res) == 1 then
-    local cur = load_resource(K)
-    local ev = {'type', 'RESOURCE_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
-                'reason', 'ALREADY_EXISTS', 'resource_id', rid, 'ts', fmt(now),
-                'version', fmt(cur.version), 'remaining', fmt(cur.capacity - cur.reserved)}
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'RESOURCE_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
+                              'reason', 'ALREADY_EXISTS', 'resource_id', rid, 'ts', fmt(now)},
+                             counters(load_resource(K))))
   end
   r.reserved = 0
   r.version = 1
   save_rules(K, r, now)
   redis.call('HSET', K.res, 'reserved', '0', 'created_at', fmt(now), 'seq', '0')
-  local ev = append({'type', 'RESOURCE_CREATED', 'decision', 'CONFIRMED', 'resource_id', rid,
-                     'ts', fmt(now), 'version', '1', 'remaining', fmt(r.capacity)}, rules_fields(r))
-  emit(K, ev)
-  return ev
+  return decided(K, append({'type', 'RESOURCE_CREATED', 'decision', 'CONFIRMED', 'resource_id', rid,
+                            'ts', fmt(now)}, counters(r), rules_fields(r)))
 end
 
 --[[
@@ -346,10 +369,14 @@ end
           of this file)
   Returns: type RULES_CHANGED, decision CONFIRMED, the new version and rules;
   or RULES_REJECTED, REJECTED, INVALID_STATE with reason UNKNOWN_RESOURCE,
-  VERSION_MISMATCH or CAPACITY_BELOW_RESERVED, plus expected_version and
-  requested (the rule field/value pairs asked for, as a JSON array; the actor
-  is its own field) (capacity may never go below what is reserved). Raising capacity of an OPEN resource notifies waiting entries
-  that fit in the added capacity (WAITLIST_NOTIFIED events).
+  VERSION_MISMATCH, WINDOW_INVERTED (the change, with the stored rules, would
+  make closes_at <= opens_at) or CAPACITY_BELOW_RESERVED (capacity may never
+  go below what is reserved), plus expected_version and requested (the rule
+  field/value pairs asked for, as a JSON array; the actor is its own field).
+  Error BAD_ARGUMENT (no write) on a malformed call, a call that gives both
+  opens_at and closes_at inverted included, whatever is stored. Raising
+  capacity of an OPEN resource notifies waiting entries that fit in the added
+  capacity (WAITLIST_NOTIFIED events).
 ]]
 local function configure(keys, args)
   local rid = args[1]
@@ -378,32 +405,25 @@ local function configure(keys, args)
     end
   end
   if #requested == 0 then return bad('expected at least one rule field/value pair') end
+  if not window_ok(changes.opens_at, changes.closes_at) then return bad('opens_at must be before closes_at') end
   local now = server_now()
   local r = load_resource(K)
-  local function reject(reason, cur)
+  local stored = counters(r)  -- what a refusal reports: the rules stay as they are
+  local function reject(reason)
     -- the request itself is logged (as JSON: '' clears a rule), so a replay
     -- re-issues exactly what was refused
-    local ev = {'type', 'RULES_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
-                'reason', reason, 'resource_id', rid, 'ts', fmt(now),
-                'version', cur and fmt(cur.version) or '',
-                'remaining', cur and fmt(cur.capacity - cur.reserved) or '',
-                'expected_version', fmt(expected), 'requested', cjson.encode(requested)}
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'RULES_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
+                              'reason', reason, 'resource_id', rid, 'ts', fmt(now)}, stored,
+                             {'expected_version', fmt(expected), 'requested', cjson.encode(requested)}))
   end
   if not r then return reject('UNKNOWN_RESOURCE') end
-  if r.version ~= expected then return reject('VERSION_MISMATCH', r) end
+  if r.version ~= expected then return reject('VERSION_MISMATCH') end
   local old_capacity = r.capacity
   for f, v in pairs(changes) do
     if v == false then r[f] = nil else r[f] = v end
   end
-  if not window_ok(r.opens_at, r.closes_at) then
-    return bad('opens_at must be before closes_at')
-  end
-  if r.capacity < r.reserved then
-    local cur = load_resource(K)
-    return reject('CAPACITY_BELOW_RESERVED', cur)
-  end
+  if not window_ok(r.opens_at, r.closes_at) then return reject('WINDOW_INVERTED') end
+  if r.capacity < r.reserved then return reject('CAPACITY_BELOW_RESERVED') end
   local picked = {}
   if notify_allowed(r) and r.capacity > old_capacity then
     picked = entries_to_notify(K, math.min(r.capacity - old_capacity, r.capacity - r.reserved))
@@ -411,10 +431,8 @@ local function configure(keys, args)
   -- writes start here
   r.version = r.version + 1
   save_rules(K, r, now)
-  local ev = append({'type', 'RULES_CHANGED', 'decision', 'CONFIRMED', 'resource_id', rid,
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved)}, rules_fields(r))
-  emit(K, ev)
+  local ev = decided(K, append({'type', 'RULES_CHANGED', 'decision', 'CONFIRMED', 'resource_id', rid,
+                                'ts', fmt(now)}, counters(r), rules_fields(r)))
   notify(K, picked, now, r)
   return ev
 end
@@ -467,16 +485,16 @@ local function reserve(keys, args)
   local K, err = resource_keys(keys, rid, 7)
   if not K then return err end
   if #args < 4 or #args > 6 then return bad('expected 4 to 6 arguments, got ' .. #args) end
-  if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
+  if not valid_id(client) then return bad_id('client_id') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
-  if not valid_id(request_id) then return bad('request_id must be 1-128 printable ASCII chars') end
+  if not valid_id(request_id) then return bad_id('request_id') end
   if keys[7] ~= K.prefix .. 'req:' .. rid .. ':' .. request_id then
     return bad('KEYS[7] must be ' .. K.prefix .. 'req:' .. rid .. ':' .. request_id)
   end
   local ttl = DEFAULT_IDEMPOTENCY_TTL_MS
   if args[5] and args[5] ~= '' then
-    ttl = int_in(args[5], 1, 365 * 86400000)
+    ttl = int_in(args[5], 1, MAX_IDEMPOTENCY_TTL_MS)
     if not ttl then return bad('idempotency ttl must be an integer number of ms') end
   end
   local actor, aerr = parse_actor(args[6])
@@ -488,19 +506,14 @@ local function reserve(keys, args)
   local prior = redis.call('GET', keys[7])
   local r = load_resource(K)
   local function rejected(code, reason, record)
-    local ev = {'type', 'RESERVATION_REJECTED', 'decision', 'REJECTED', 'code', code,
-                'reason', reason, 'resource_id', rid, 'client_id', client,
-                'quantity', fmt(qty), 'request_id', request_id, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or '',
-                'idempotency_ttl_ms', record and fmt(ttl) or ''}
+    local ev = append({'type', 'RESERVATION_REJECTED', 'decision', 'REJECTED', 'code', code,
+                       'reason', reason, 'resource_id', rid, 'client_id', client,
+                       'quantity', fmt(qty), 'request_id', request_id, 'ts', fmt(now)},
+                      counters(r), {'idempotency_ttl_ms', record and fmt(ttl) or ''})
     if record then
       redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
     end
-    emit(K, ev)
-    ev[#ev + 1] = 'replayed'
-    ev[#ev + 1] = '0'
-    return ev
+    return with_replayed(decided(K, ev), '0')
   end
 
   if prior then
@@ -513,15 +526,11 @@ local function reserve(keys, args)
       for i = 1, #orig, 2 do if orig[i] == name then return orig[i + 1] end end
       return ''
     end
-    emit(K, {'type', 'RESERVATION_REPLAYED', 'decision', field('decision'),
-             'code', field('code'), 'reason', field('reason'), 'resource_id', rid,
-             'client_id', client, 'quantity', fmt(qty), 'request_id', request_id,
-             'reservation_id', field('reservation_id'), 'ts', fmt(now),
-             'version', r and fmt(r.version) or '',
-             'remaining', r and fmt(r.capacity - r.reserved) or ''})
-    orig[#orig + 1] = 'replayed'
-    orig[#orig + 1] = '1'
-    return orig
+    emit(K, append({'type', 'RESERVATION_REPLAYED', 'decision', field('decision'),
+                    'code', field('code'), 'reason', field('reason'), 'resource_id', rid,
+                    'client_id', client, 'quantity', fmt(qty), 'request_id', request_id,
+                    'reservation_id', field('reservation_id'), 'ts', fmt(now)}, counters(r)))
+    return with_replayed(orig, '1')
   end
 
   if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', true) end
@@ -574,9 +583,7 @@ local function reserve(keys, args)
              'reservation_id', reservation_id, 'ts', fmt(now),
              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)})
   end
-  ev[#ev + 1] = 'replayed'
-  ev[#ev + 1] = '0'
-  return ev
+  return with_replayed(ev, '0')
 end
 
 local function reservation_fields(b)
@@ -603,7 +610,7 @@ local function cancel(keys, args)
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
   if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, reservation_id[, actor]') end
-  if not valid_id(reservation_id) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  if not valid_id(reservation_id) then return bad_id('reservation_id') end
   local actor, aerr = parse_actor(args[3])
   if aerr then return aerr end
   K.actor = actor
@@ -611,22 +618,15 @@ local function cancel(keys, args)
   local r = load_resource(K)
   local raw = redis.call('HGET', K.bk, reservation_id)
   if not raw then
-    local ev = {'type', 'CANCEL_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
-                'reason', 'UNKNOWN_RESERVATION', 'resource_id', rid,
-                'reservation_id', reservation_id, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'CANCEL_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
+                              'reason', 'UNKNOWN_RESERVATION', 'resource_id', rid,
+                              'reservation_id', reservation_id, 'ts', fmt(now)}, counters(r)))
   end
   local b = cjson.decode(raw)
   if b.status == 'CANCELLED' then
-    local ev = append({'type', 'CANCEL_REPLAYED', 'decision', 'CONFIRMED', 'reason', 'ALREADY_CANCELLED',
-                       'ts', fmt(now), 'version', fmt(r.version),
-                       'remaining', fmt(r.capacity - r.reserved)},
-                      reservation_fields(b))
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'CANCEL_REPLAYED', 'decision', 'CONFIRMED',
+                              'reason', 'ALREADY_CANCELLED', 'ts', fmt(now)}, counters(r),
+                             reservation_fields(b)))
   end
   local qty = tonumber(b.quantity)
   r.reserved = r.reserved - qty
@@ -640,11 +640,9 @@ local function cancel(keys, args)
   if redis.call('HINCRBY', K.cl, b.client_id, -qty) <= 0 then
     redis.call('HDEL', K.cl, b.client_id)
   end
-  local ev = append({'type', 'RESERVATION_CANCELLED', 'decision', 'CONFIRMED', 'reason', 'CANCELLED',
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved)},
-                    reservation_fields(b))
-  emit(K, ev)
+  local ev = decided(K, append({'type', 'RESERVATION_CANCELLED', 'decision', 'CONFIRMED',
+                                'reason', 'CANCELLED', 'ts', fmt(now)}, counters(r),
+                               reservation_fields(b)))
   notify(K, picked, now, r)
   return ev
 end
@@ -679,7 +677,7 @@ local function wl_join(keys, args)
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
   if #args ~= 3 and #args ~= 4 then return bad('expected 3 or 4 arguments: resource_id, client_id, quantity[, actor]') end
-  if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
+  if not valid_id(client) then return bad_id('client_id') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
   local actor, aerr = parse_actor(args[4])
@@ -688,23 +686,17 @@ local function wl_join(keys, args)
   local now = server_now()
   local r = load_resource(K)
   local function rejected(code, reason)
-    local ev = {'type', 'WAITLIST_REJECTED', 'decision', 'REJECTED', 'code', code,
-                'reason', reason, 'resource_id', rid, 'client_id', client,
-                'quantity', fmt(qty), 'ts', fmt(now), 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'WAITLIST_REJECTED', 'decision', 'REJECTED', 'code', code,
+                              'reason', reason, 'resource_id', rid, 'client_id', client,
+                              'quantity', fmt(qty), 'ts', fmt(now)}, counters(r)))
   end
   if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE') end
   local existing = redis.call('HGET', K.we, 'c:' .. client)
   if existing then
     local e = cjson.decode(redis.call('HGET', K.we, 'e:' .. existing))
-    local ev = append({'type', 'WAITLIST_JOIN_REPLAYED', 'decision', 'CONFIRMED',
-                       'reason', 'ALREADY_JOINED', 'ts', fmt(now), 'version', fmt(r.version),
-                       'remaining', fmt(r.capacity - r.reserved), 'created', '0'},
-                      entry_fields(K, e))
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'WAITLIST_JOIN_REPLAYED', 'decision', 'CONFIRMED',
+                              'reason', 'ALREADY_JOINED', 'ts', fmt(now)}, counters(r),
+                             {'created', '0'}, entry_fields(K, e)))
   end
   if r.waitlist_enabled ~= '1' then return rejected('INVALID_STATE', 'WAITLIST_DISABLED') end
   if r.state ~= 'OPEN' then return rejected('RESOURCE_CLOSED', 'STATE_CLOSED') end
@@ -724,12 +716,8 @@ local function wl_join(keys, args)
              quantity = fmt(qty), status = 'WAITING', joined_at = fmt(now)}
   redis.call('HSET', K.we, 'e:' .. entry_id, cjson.encode(e), 'c:' .. client, entry_id)
   redis.call('ZADD', K.wl, score, entry_id)
-  local ev = append({'type', 'WAITLIST_JOINED', 'decision', 'CONFIRMED', 'reason', 'JOINED',
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved), 'created', '1'},
-                    entry_fields(K, e))
-  emit(K, ev)
-  return ev
+  return decided(K, append({'type', 'WAITLIST_JOINED', 'decision', 'CONFIRMED', 'reason', 'JOINED',
+                            'ts', fmt(now)}, counters(r), {'created', '1'}, entry_fields(K, e)))
 end
 
 --[[
@@ -748,31 +736,27 @@ local function wl_leave(keys, args)
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
   if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, entry_id[, actor]') end
-  if not valid_id(entry_id) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  if not valid_id(entry_id) then return bad_id('entry_id') end
   local actor, aerr = parse_actor(args[3])
   if aerr then return aerr end
   K.actor = actor
   local now = server_now()
   local r = load_resource(K)
   local raw = redis.call('HGET', K.we, 'e:' .. entry_id)
-  local base = {'ts', fmt(now), 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+  local base = append({'ts', fmt(now)}, counters(r))
   if not raw or not r then
-    local ev = append({'type', 'WAITLIST_LEAVE_REJECTED', 'decision', 'REJECTED',
-                       'code', 'INVALID_STATE', 'reason', 'UNKNOWN_ENTRY',
-                       'resource_id', rid, 'entry_id', entry_id}, base)
-    emit(K, ev)
-    return ev
+    return decided(K, append({'type', 'WAITLIST_LEAVE_REJECTED', 'decision', 'REJECTED',
+                              'code', 'INVALID_STATE', 'reason', 'UNKNOWN_ENTRY',
+                              'resource_id', rid, 'entry_id', entry_id}, base))
   end
   local e = cjson.decode(raw)
   if e.status == 'LEFT' or e.status == 'FULFILLED' then
-    local ev = append({'type', e.status == 'LEFT' and 'WAITLIST_LEAVE_REPLAYED' or 'WAITLIST_LEAVE_REJECTED',
-                       'decision', e.status == 'LEFT' and 'CONFIRMED' or 'REJECTED',
-                       'code', e.status == 'LEFT' and '' or 'INVALID_STATE',
-                       'reason', e.status == 'LEFT' and 'ALREADY_LEFT' or 'ENTRY_FULFILLED'},
-                      append(base, entry_fields(K, e)))
-    emit(K, ev)
-    return ev
+    local left = e.status == 'LEFT'
+    return decided(K, append({'type', left and 'WAITLIST_LEAVE_REPLAYED' or 'WAITLIST_LEAVE_REJECTED',
+                              'decision', left and 'CONFIRMED' or 'REJECTED',
+                              'code', left and '' or 'INVALID_STATE',
+                              'reason', left and 'ALREADY_LEFT' or 'ENTRY_FULFILLED'},
+                             base, entry_fields(K, e)))
   end
   -- writes start here
   e.status = 'LEFT'
@@ -780,10 +764,8 @@ local function wl_leave(keys, args)
   redis.call('HSET', K.we, 'e:' .. entry_id, cjson.encode(e))
   redis.call('HDEL', K.we, 'c:' .. e.client_id)
   redis.call('ZREM', K.wl, entry_id)
-  local ev = append({'type', 'WAITLIST_LEFT', 'decision', 'CONFIRMED', 'reason', 'LEFT'},
-                    append(base, entry_fields(K, e)))
-  emit(K, ev)
-  return ev
+  return decided(K, append({'type', 'WAITLIST_LEFT', 'decision', 'CONFIRMED', 'reason', 'LEFT'},
+                           base, entry_fields(K, e)))
 end
 
 -- ------------------------------------------------------------------- reads
@@ -824,7 +806,7 @@ local function reservation_get(keys, args)
   local rid = args[1]
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
-  if not valid_id(args[2]) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  if not valid_id(args[2]) then return bad_id('reservation_id') end
   local raw = redis.call('HGET', K.bk, args[2])
   if not raw then return {} end
   local b = cjson.decode(raw)
@@ -842,7 +824,7 @@ local function wl_position(keys, args)
   local rid = args[1]
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
-  if not valid_id(args[2]) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  if not valid_id(args[2]) then return bad_id('entry_id') end
   local raw = redis.call('HGET', K.we, 'e:' .. args[2])
   if not raw then return {} end
   return entry_fields(K, cjson.decode(raw))
