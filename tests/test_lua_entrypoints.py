@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 
+from resv.engine.library import library_version
 from tests.support import create, events, fcall, reserve, rkeys, snapshot
 
 
@@ -224,7 +225,7 @@ def test_configure_inverting_the_stored_window_is_a_logged_rejection(r):
         "RULES_REJECTED", "REJECTED", "INVALID_STATE", "WINDOW_INVERTED")
     assert (d["version"], d["remaining"], d["expected_version"]) == ("1", "5", "1")
     ev = assert_only_event_added(r, before, "RULES_REJECTED", "WINDOW_INVERTED")
-    assert ev["requested"] == '["closes_at","1000"]' and ev == {k: v for k, v in d.items() if v}
+    assert ev["requested"] == '["closes_at","1000"]' and ev == {**{k: v for k, v in d.items() if v}, "lib": str(library_version())}
     # clearing one bound together with moving the other is no inversion
     d = fcall(r, "resv_configure", "win", "1", "opens_at", "", "closes_at", "500")
     assert (d["type"], d["opens_at"], d["closes_at"]) == ("RULES_CHANGED", "", "500")
