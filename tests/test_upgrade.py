@@ -24,7 +24,7 @@ async def run_release_1(engine) -> None:
     calls a release-1 process made (same arguments), so release 1 decides."""
     await engine.redis.execute_command("FUNCTION", "LOAD", "REPLACE", library_source(1))
     assert await engine.redis.fcall_ro("resv_version", 0) == "1"
-    await every_kind_of_decision(engine)
+    await every_kind_of_decision(engine, release=1)
 
 
 async def all_events(engine) -> dict[tuple[int, str], dict[str, str]]:
