@@ -111,8 +111,8 @@ def resolve(exc: BaseException, scope: Scope | None = None) -> Failure:
             "route": _route(scope), "error": f"{type(exc).__name__}: {exc}"}})
         return Failure(503, ErrorBody(error="UNAVAILABLE"), {"Retry-After": RETRY_AFTER_UNAVAILABLE})
     if isinstance(exc, BadArgument):
-        # The API validates what the Lua validates, so this is rare (e.g. a
-        # PATCH whose window conflicts with the stored one).
+        # The API validates what the Lua validates, with the Lua's bounds
+        # (resv.engine.limits), so this is rare: a time past the Lua's MAX_TIME.
         metrics.BAD_ARGUMENTS.inc()
         log.info("engine refused a malformed call", extra={"resv": {
             "route": _route(scope), "error": str(exc)}})

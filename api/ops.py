@@ -29,9 +29,10 @@ from resv.archiver.reads import (
     TimelinePage,
 )
 from resv.engine.errors import translate
+from resv.engine.limits import MAX_ID, MAX_RESOURCE_ID
 
 RequestIdParam = Annotated[str, Parameter(
-    min_length=1, max_length=128, pattern=PRINTABLE_ID_PATTERN,
+    min_length=1, max_length=MAX_ID, pattern=PRINTABLE_ID_PATTERN,
     description="The request id a reservation was made with (its Idempotency-Key).")]
 AfterParam = Annotated[str | None, QueryParameter(
     required=False, max_length=64,
@@ -39,7 +40,7 @@ AfterParam = Annotated[str | None, QueryParameter(
 LimitParam = Annotated[int, QueryParameter(
     ge=1, le=MAX_LIMIT, description=f"Events per page, 1-{MAX_LIMIT}.")]
 ResourceFilterParam = Annotated[str | None, QueryParameter(
-    required=False, min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN,
+    required=False, min_length=1, max_length=MAX_RESOURCE_ID, pattern=RESOURCE_ID_PATTERN,
     description="The request's resource: looks in its partition only.")]
 
 class OpsController(Controller):

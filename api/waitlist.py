@@ -29,6 +29,8 @@ from resv.api.schemas import (
 from resv.api.services import services
 from resv.api.times import iso_or_none
 from resv.engine import keys
+from resv.engine.codes import Reason
+from resv.engine.types import WaitlistLeaveRejected, WaitlistRejected
 
 _REJECTED = (
     "Rejected by the engine: `code` is RESOURCE_CLOSED (closed, or past its closing time) or "
@@ -60,9 +62,9 @@ class WaitlistController(Controller):
         decision = await svc.within_deadline(
             svc.engine.join_waitlist(body.resource_id, body.client_id, body.quantity, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            return decisions.rejection(decision)  # type: ignore[return-value]
-        return decisions.json(decisions.waitlist_entry(decision), 201 if decision.created else 200)  # type: ignore[return-value]
+        if isinstance(decision, WaitlistRejected):
+            return decisions.rejection(decision)
+        return decisions.json(decisions.waitlist_entry(decision), 201 if decision.created else 200)
 
     @get("/{entry_id:str}", operation_id="getWaitingListEntry", responses=docs.errors(400, 404))
     async def entry(self, request: Request[Any, Any, Any], entry_id: EntryIdPath) -> WaitlistEntryOut:
@@ -97,8 +99,8 @@ class WaitlistController(Controller):
         if decision is None:
             raise ApiError(404, "NOT_FOUND")
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            if decision.reason == "UNKNOWN_ENTRY":
+        if isinstance(decision, WaitlistLeaveRejected):
+            if decision.reason == Reason.UNKNOWN_ENTRY:
                 raise ApiError(404, "NOT_FOUND")
-            return decisions.rejection(decision)  # type: ignore[return-value]
+            return decisions.rejection(decision)  # type: ignore[return-value]  # a 409 body, not an entry
         return decisions.waitlist_entry(decision)

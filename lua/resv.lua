@@ -74,6 +74,8 @@ local MAX_TIME = 9000000000000000   -- us; keeps integers exact in doubles
 local MAX_ID = 128                  -- client, request and entry ids
 local MAX_RESOURCE_ID = 64
 local MAX_ACTOR = 64
+local MAX_TYPE = 64                 -- resource types
+local MAX_IDEMPOTENCY_TTL_MS = 31536000000  -- 365 days
 local MAX_WAITLIST_PAGE = 1000       -- entries per resv_waitlist page
 local DEFAULT_IDEMPOTENCY_TTL_MS = 86400000
 local DEFAULT_NOTIFY_WINDOW_MS = 900000  -- 15 minutes
@@ -427,8 +429,8 @@ end
 -- Optional numeric rules take '' to clear them.
 local function parse_rule(field, v)
   if field == 'type' then
-    if type(v) == 'string' and #v >= 1 and #v <= 64 and v:match('^[\33-\126]+$') then return v end
-    return nil, bad('type must be 1-64 printable characters')
+    if type(v) == 'string' and #v >= 1 and #v <= MAX_TYPE and v:match('^[\33-\126]+$') then return v end
+    return nil, bad('type must be 1-' .. MAX_TYPE .. ' printable characters')
   elseif field == 'capacity' then
     local n = int_in(v, 0, MAX_INT)
     if n then return n end
@@ -549,9 +551,12 @@ end
           see the top of this file)
   Returns: type RULES_CHANGED, decision CONFIRMED, the new version and rules;
   or RULES_REJECTED, REJECTED, INVALID_STATE with reason UNKNOWN_RESOURCE,
-  VERSION_MISMATCH or CAPACITY_BELOW_RESERVED, plus expected_version and
+  VERSION_MISMATCH, WINDOW_INVERTED (the change, with the stored rules, would
+  make closes_at <= opens_at; from release 3) or CAPACITY_BELOW_RESERVED
+  (capacity may never go below what is reserved), plus expected_version and
   requested (the rule field/value pairs asked for, as a JSON array; the actor
-  is its own field) (capacity may never go below what is reserved). After a
+  is its own field). Error BAD_ARGUMENT (no write) on a malformed call, a
+  call that gives both opens_at and closes_at inverted included. After a
   change, waiting entries that fit in what is really free are notified
   (WAITLIST_NOTIFIED events): capacity raised, reopened, waiting list
   switched on. Lapsed notifications expire first (any outcome).
@@ -583,6 +588,10 @@ local function configure(keys, args)
     end
   end
   if #requested == 0 then return bad('expected at least one rule field/value pair') end
+  -- a window inverted in the call itself is malformed, whatever is stored
+  if not window_ok(changes.opens_at or nil, changes.closes_at or nil) then
+    return bad('opens_at must be before closes_at')
+  end
   local now = server_now()
   local r = load_resource(K)
   local function reject(reason, cur)
@@ -609,9 +618,8 @@ local function configure(keys, args)
   for f, v in pairs(changes) do
     if v == false then new[f] = nil else new[f] = v end
   end
-  if not window_ok(new.opens_at, new.closes_at) then
-    return bad('opens_at must be before closes_at')
-  end
+  -- with the stored rules: a refusal, logged like every other
+  if not window_ok(new.opens_at, new.closes_at) then return refuse('WINDOW_INVERTED') end
   if new.capacity < new.reserved then return refuse('CAPACITY_BELOW_RESERVED') end
   -- writes start here
   local lapsed = lapse(K, new, now)
@@ -696,7 +704,7 @@ local function reserve(keys, args)
   if not valid_id(request_id) then return bad('request_id must be 1-128 printable ASCII chars') end
   local ttl = DEFAULT_IDEMPOTENCY_TTL_MS
   if args[5] and args[5] ~= '' then
-    ttl = int_in(args[5], 1, 365 * 86400000)
+    ttl = int_in(args[5], 1, MAX_IDEMPOTENCY_TTL_MS)
     if not ttl then return bad('idempotency ttl must be an integer number of ms') end
   end
   local actor, aerr = parse_actor(args[6])
@@ -1043,7 +1051,7 @@ local function wl_leave(keys, args)
     local ev = append({'type', left and 'WAITLIST_LEAVE_REPLAYED' or 'WAITLIST_LEAVE_REJECTED',
                        'decision', left and 'CONFIRMED' or 'REJECTED',
                        'code', left and '' or 'INVALID_STATE',
-                       'reason', left and 'ALREADY_LEFT' or 'ENTRY_' .. e.status},
+                       'reason', left and 'ALREADY_LEFT' or e.status == 'FULFILLED' and 'ENTRY_FULFILLED' or 'ENTRY_EXPIRED'},
                       append(base, entry_fields(K, e)))
     emit(K, ev)
     settle(K, r, rid, now, lapsed, false)

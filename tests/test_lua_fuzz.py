@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resv.engine import keys
+from resv.engine.codes import CONSEQUENCES, EventType, Reason
 from resv.engine.library import library_source, library_version
 from tests.report import record
 from tests.support import PARTITIONS, WRITES, create, own, rkeys, snapshot, wkeys
@@ -184,7 +185,9 @@ def test_fuzz_lua_entry_points(fuzz_redis):
         assert isinstance(reply, list)
         if reply and fn not in ("resv_resource", "resv_reservation", "resv_wl_position"):
             d = dict(zip(reply[::2], reply[1::2]))
+            assert d["type"] in {t.value for t in EventType} - CONSEQUENCES, d
             assert d["decision"] in ("CONFIRMED", "REJECTED")
+            assert d.get("reason", "") in {r.value for r in Reason} | {""}, d
             if d["decision"] == "REJECTED":
                 assert d["code"] in ("RESOURCE_FULL", "RESOURCE_CLOSED", "INVALID_STATE")
             counts["decision"] += 1

@@ -74,7 +74,7 @@ async def run_release_1(engine) -> None:
     """Release 1 on the server, called as a release-1 process called it."""
     await engine.redis.execute_command("FUNCTION", "LOAD", "REPLACE", library_source(1))
     assert await engine.redis.fcall_ro("resv_version", 0) == "1"
-    await every_kind_of_decision(Release1Process(engine), actors=False)
+    await every_kind_of_decision(Release1Process(engine), actors=False, release=1)
 
 
 async def all_events(engine) -> dict[tuple[int, str], dict[str, str]]:
