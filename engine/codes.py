@@ -102,6 +102,10 @@ class Reason(StrEnum):
     ENTRY_EXPIRED = "ENTRY_EXPIRED"
     TOO_MANY_QUANTITIES = "TOO_MANY_QUANTITIES"
     """A join for one more distinct quantity than the waiting list indexes."""
+    NOTIFY_WINDOW_PASSED = "NOTIFY_WINDOW_PASSED"
+    """WAITLIST_EXPIRED's reason: the entry's notification window passed."""
+    SWEPT = "SWEPT"
+    """resv_wl_sweep's decision (it expired or notified something)."""
 
 
 E = EventType

@@ -594,33 +594,29 @@ local function configure(keys, args)
   end
   local now = server_now()
   local r = load_resource(K)
-  local function reject(reason, cur)
+  local function reject(reason)
     -- the request itself is logged (as JSON: '' clears a rule), so a replay
-    -- re-issues exactly what was refused
+    -- re-issues exactly what was refused; lapsed notifications expire first
+    local lapsed = r and lapse(K, r, now)
     local ev = {'type', 'RULES_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', reason, 'resource_id', rid, 'ts', fmt(now),
-                'version', cur and fmt(cur.version) or '',
-                'remaining', cur and fmt(cur.capacity - cur.reserved) or '',
+                'version', r and fmt(r.version) or '',
+                'remaining', r and fmt(r.capacity - r.reserved) or '',
                 'expected_version', fmt(expected), 'requested', cjson.encode(requested)}
     emit(K, ev)
+    if r then settle(K, r, rid, now, lapsed, false) end
     return ev
   end
   if not r then return reject('UNKNOWN_RESOURCE') end
-  local function refuse(reason)
-    local lapsed = lapse(K, r, now)
-    local ev = reject(reason, r)
-    settle(K, r, rid, now, lapsed, false)
-    return ev
-  end
-  if r.version ~= expected then return refuse('VERSION_MISMATCH') end
+  if r.version ~= expected then return reject('VERSION_MISMATCH') end
   local new = {}
   for f, v in pairs(r) do new[f] = v end
   for f, v in pairs(changes) do
     if v == false then new[f] = nil else new[f] = v end
   end
   -- with the stored rules: a refusal, logged like every other
-  if not window_ok(new.opens_at, new.closes_at) then return refuse('WINDOW_INVERTED') end
-  if new.capacity < new.reserved then return refuse('CAPACITY_BELOW_RESERVED') end
+  if not window_ok(new.opens_at, new.closes_at) then return reject('WINDOW_INVERTED') end
+  if new.capacity < new.reserved then return reject('CAPACITY_BELOW_RESERVED') end
   -- writes start here
   local lapsed = lapse(K, new, now)
   new.version = new.version + 1

@@ -153,7 +153,7 @@ def test_the_collector_sees_a_code_added_to_the_lua(added, position, code):
     source = library_source()
     # inside resv_reserve / resv_configure, where `rejected` / `reject` are in scope
     anchor = "  if not r then return reject('UNKNOWN_RESOURCE') end" if "reject(" in added and "rejected" not in added \
-        else "  if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', true) end"
+        else "  if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', false) end"
     assert anchor in source
     changed = source.replace(anchor, added + "\n" + anchor)
     assert code not in codes_emitted(source)[position]

@@ -25,7 +25,7 @@ def r(redis_url: str):
 def call(r, fn: str, rid: str, *args: str, extra_keys: tuple = ()) -> tuple[dict, list[dict]]:
     """The reply, and the events the call appended (every call here is a
     write: it takes the waiting-list keys last)."""
-    ks = rkeys(rid) + list(extra_keys) + wkeys(rid)
+    ks = rkeys(rid) + list(extra_keys[:1]) + wkeys(rid) + list(extra_keys[1:])  # resv_reserve's KEYS[11] last
     stream = ks[5]
     last = r.xrevrange(stream, count=1)
     reply = as_dict(r.execute_command("FCALL", fn, len(ks), *ks, rid, *args))
@@ -33,9 +33,11 @@ def call(r, fn: str, rid: str, *args: str, extra_keys: tuple = ()) -> tuple[dict
     return reply, added
 
 
-def req(rid: str, request_id: str, actor: str | None = None) -> tuple[str]:
-    """KEYS[7]; with an actor the request id is scoped to it (issue 16)."""
-    return (keys.request_key(rid, request_id, PARTITIONS, actor),)
+def req(rid: str, request_id: str, actor: str | None = None) -> tuple[str, ...]:
+    """KEYS[7]; with an actor the request id is scoped to it (issue 16), and
+    the unscoped key comes last (KEYS[11])."""
+    scoped = keys.request_key(rid, request_id, PARTITIONS, actor)
+    return (scoped, keys.request_key(rid, request_id, PARTITIONS)) if actor else (scoped,)
 
 
 def test_every_write_records_its_actor_in_every_event(r):

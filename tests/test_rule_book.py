@@ -22,7 +22,7 @@ from resv.engine.library import library_source
 from resv.engine.limits import MAX_ID, MAX_IDEMPOTENCY_TTL_MS, MAX_INT, MAX_RESOURCE_ID, MAX_TIME, MAX_TYPE
 from resv.engine.settings import Settings
 from tests.api_support import CL, OP, api
-from tests.support import PARTITIONS, as_dict, rkeys
+from tests.support import PARTITIONS, as_dict
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MALFORMED = "malformed"
@@ -99,7 +99,7 @@ async def test_create_boundaries_answer_alike(case, r, redis_url):
     override, expected = CREATE_CASES[case]
     spec = {**CREATE, **override}
     rid = spec["resource_id"]
-    ks = rkeys(rid)
+    ks = list(keys.write_keys(rid, PARTITIONS))
     direct = fcall(r, "resv_create", ks, rid, spec["type"], str(spec["capacity"]),
                    *(str(spec[t]) if t in spec else "" for t in ("opens_at", "closes_at")), "0",
                    *(str(spec[t]) if t in spec else "" for t in ("max_per_request", "max_per_client")))
@@ -135,7 +135,7 @@ RESERVE_CASES = {
 
 
 def _setup(r: redis.Redis) -> None:
-    ks = rkeys("gig")
+    ks = list(keys.write_keys("gig", PARTITIONS))
     fcall(r, "resv_create", ks, "gig", "meetup", str(MAX_INT), "", "", "1", "", "")
 
 
@@ -145,8 +145,7 @@ async def test_reserve_boundaries_answer_alike(case, r, redis_url):
     call = {**RESERVE, **override}
     rid, request_id = call["resource_id"], call["request_id"]
     _setup(r)
-    req_key = keys.request_key(rid, request_id, PARTITIONS)
-    direct = fcall(r, "resv_reserve", [*rkeys(rid), req_key], rid, call["client_id"], str(call["quantity"]),
+    direct = fcall(r, "resv_reserve", list(keys.reserve_keys(rid, request_id, PARTITIONS)), rid, call["client_id"], str(call["quantity"]),
                    request_id)
     r.flushall()
     r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
@@ -169,7 +168,7 @@ JOIN_CASES = {
 async def test_waitlist_join_boundaries_answer_alike(case, r, redis_url):
     quantity, expected = JOIN_CASES[case]
     _setup(r)
-    direct = fcall(r, "resv_wl_join", rkeys("gig"), "gig", "ann", str(quantity))
+    direct = fcall(r, "resv_wl_join", list(keys.write_keys("gig", PARTITIONS)), "gig", "ann", str(quantity))
     r.flushall()
     r.execute_command("FUNCTION", "LOAD", "REPLACE", library_source())
     _setup(r)
@@ -186,8 +185,7 @@ def test_idempotency_ttl_bound_is_the_lua_s(ttl, expected, r):
     """The engine's setting is refused at start exactly when the Lua would
     refuse every reservation made with it."""
     _setup(r)
-    req_key = keys.request_key("gig", "q", PARTITIONS)
-    assert fcall(r, "resv_reserve", [*rkeys("gig"), req_key], "gig", "ann", "1", "q", str(ttl)) == expected
+    assert fcall(r, "resv_reserve", list(keys.reserve_keys("gig", "q", PARTITIONS)), "gig", "ann", "1", "q", str(ttl)) == expected
     env = {"RESV_IDEMPOTENCY_TTL_MS": str(ttl)}
     if expected == OK:
         assert Settings.from_env(env).idempotency_ttl_ms == ttl
