@@ -93,6 +93,10 @@ local function bad(msg)
   return redis.error_reply('BAD_ARGUMENT ' .. msg)
 end
 
+local function bad_id(name)
+  return bad(name .. ' must be 1-' .. MAX_ID .. ' printable ASCII chars')
+end
+
 local function fmt(n)
   return string.format('%d', n)
 end
@@ -225,6 +229,30 @@ local function emit(K, ev)
   args[#args + 1] = 'lib'
   args[#args + 1] = LIBRARY_VERSION
   return redis.call(unpack(args))
+end
+
+-- Logs a decision and returns it: the reply is the logged event.
+local function decided(K, ev)
+  emit(K, ev)
+  return ev
+end
+
+-- resv_reserve's replies say whether they repeat an earlier decision; the
+-- flag is never logged (a retry logs RESERVATION_REPLAYED instead).
+local function with_replayed(reply, flag)
+  reply[#reply + 1] = 'replayed'
+  reply[#reply + 1] = flag
+  return reply
+end
+
+-- The version/remaining pair every decision reports ('' when the resource
+-- does not exist).
+local function version_of(r)
+  return r and fmt(r.version) or ''
+end
+
+local function remaining_of(r)
+  return r and fmt(r.capacity - r.reserved) or ''
 end
 
 local function rules_fields(r)
@@ -401,7 +429,7 @@ end
 local function waitlist_event(K, r, kind, e, now)
   local ev = {'type', kind, 'resource_id', e.resource_id, 'client_id', e.client_id,
               'quantity', e.quantity, 'entry_id', e.entry_id, 'ts', fmt(now),
-              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)}
+              'version', version_of(r), 'remaining', remaining_of(r)}
   if kind == 'WAITLIST_NOTIFIED' then
     append(ev, {'expires_at', e.expires_at})
   elseif kind == 'WAITLIST_EXPIRED' then
@@ -523,9 +551,8 @@ local function create(keys, args)
     local cur = load_resource(K)
     local ev = {'type', 'RESOURCE_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', 'ALREADY_EXISTS', 'resource_id', rid, 'ts', fmt(now),
-                'version', fmt(cur.version), 'remaining', fmt(cur.capacity - cur.reserved)}
-    emit(K, ev)
-    return ev
+                'version', version_of(cur), 'remaining', remaining_of(cur)}
+    return decided(K, ev)
   end
   r.reserved = 0
   r.version = 1
@@ -534,8 +561,7 @@ local function create(keys, args)
              'notified', '0', 'wl_quantities', '0', 'waitlist_index', WAITLIST_INDEX)
   local ev = append({'type', 'RESOURCE_CREATED', 'decision', 'CONFIRMED', 'resource_id', rid,
                      'ts', fmt(now), 'version', '1', 'remaining', fmt(r.capacity)}, rules_fields(r))
-  emit(K, ev)
-  return ev
+  return decided(K, ev)
 end
 
 --[[
@@ -600,8 +626,8 @@ local function configure(keys, args)
     local lapsed = r and lapse(K, r, now)
     local ev = {'type', 'RULES_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', reason, 'resource_id', rid, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or '',
+                'version', version_of(r),
+                'remaining', remaining_of(r),
                 'expected_version', fmt(expected), 'requested', cjson.encode(requested)}
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
@@ -622,8 +648,8 @@ local function configure(keys, args)
   new.version = new.version + 1
   save_rules(K, new, now)
   local ev = append({'type', 'RULES_CHANGED', 'decision', 'CONFIRMED', 'resource_id', rid,
-                     'ts', fmt(now), 'version', fmt(new.version),
-                     'remaining', fmt(new.capacity - new.reserved)}, rules_fields(new))
+                     'ts', fmt(now), 'version', version_of(new),
+                     'remaining', remaining_of(new)}, rules_fields(new))
   emit(K, ev)
   settle(K, new, rid, now, lapsed, true)
   return ev
@@ -694,10 +720,10 @@ local function reserve(keys, args)
   local K, err = write_keys(keys, rid, (with_actor and #keys ~= 10) and 11 or 10, 8)
   if not K then return err end
   if #args < 4 or #args > 6 then return bad('expected 4 to 6 arguments, got ' .. #args) end
-  if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
+  if not valid_id(client) then return bad_id('client_id') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
-  if not valid_id(request_id) then return bad('request_id must be 1-128 printable ASCII chars') end
+  if not valid_id(request_id) then return bad_id('request_id') end
   local ttl = DEFAULT_IDEMPOTENCY_TTL_MS
   if args[5] and args[5] ~= '' then
     ttl = int_in(args[5], 1, MAX_IDEMPOTENCY_TTL_MS)
@@ -736,17 +762,15 @@ local function reserve(keys, args)
     local ev = {'type', 'RESERVATION_REJECTED', 'decision', 'REJECTED', 'code', code,
                 'reason', reason, 'resource_id', rid, 'client_id', client,
                 'quantity', fmt(qty), 'request_id', request_id, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or '',
+                'version', version_of(r),
+                'remaining', remaining_of(r),
                 'idempotency_ttl_ms', record and fmt(ttl) or ''}
     if record then
       redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev, lib = mark}), 'PX', ttl)
     end
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
-    ev[#ev + 1] = 'replayed'
-    ev[#ev + 1] = '0'
-    return ev
+    return with_replayed(ev, '0')
   end
 
   if rec then
@@ -762,12 +786,10 @@ local function reserve(keys, args)
              'code', field('code'), 'reason', field('reason'), 'resource_id', rid,
              'client_id', client, 'quantity', fmt(qty), 'request_id', request_id,
              'reservation_id', field('reservation_id'), 'ts', fmt(now),
-             'version', r and fmt(r.version) or '',
-             'remaining', r and fmt(r.capacity - r.reserved) or ''})
+             'version', version_of(r),
+             'remaining', remaining_of(r)})
     if r then settle(K, r, rid, now, lapsed, false) end
-    orig[#orig + 1] = 'replayed'
-    orig[#orig + 1] = '1'
-    return orig
+    return with_replayed(orig, '1')
   end
 
   if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', false) end
@@ -819,12 +841,10 @@ local function reserve(keys, args)
     emit(K, {'type', 'WAITLIST_FULFILLED', 'resource_id', rid, 'client_id', client,
              'quantity', entry.quantity, 'entry_id', entry_id,
              'reservation_id', reservation_id, 'ts', fmt(now),
-             'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)})
+             'version', version_of(r), 'remaining', remaining_of(r)})
   end
   settle(K, r, rid, now, lapsed, released)
-  ev[#ev + 1] = 'replayed'
-  ev[#ev + 1] = '0'
-  return ev
+  return with_replayed(ev, '0')
 end
 
 local function reservation_fields(b)
@@ -853,7 +873,7 @@ local function cancel(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, reservation_id[, actor]') end
-  if not valid_id(reservation_id) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  if not valid_id(reservation_id) then return bad_id('reservation_id') end
   local actor, aerr = parse_actor(args[3])
   if aerr then return aerr end
   K.actor = actor
@@ -866,8 +886,8 @@ local function cancel(keys, args)
     local ev = {'type', 'CANCEL_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', 'UNKNOWN_RESERVATION', 'resource_id', rid,
                 'reservation_id', reservation_id, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+                'version', version_of(r),
+                'remaining', remaining_of(r)}
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
     return ev
@@ -875,8 +895,8 @@ local function cancel(keys, args)
   local b = cjson.decode(raw)
   if b.status == 'CANCELLED' then
     local ev = append({'type', 'CANCEL_REPLAYED', 'decision', 'CONFIRMED', 'reason', 'ALREADY_CANCELLED',
-                       'ts', fmt(now), 'version', fmt(r.version),
-                       'remaining', fmt(r.capacity - r.reserved)},
+                       'ts', fmt(now), 'version', version_of(r),
+                       'remaining', remaining_of(r)},
                       reservation_fields(b))
     emit(K, ev)
     settle(K, r, rid, now, lapsed, false)
@@ -892,8 +912,8 @@ local function cancel(keys, args)
     redis.call('HDEL', K.cl, b.client_id)
   end
   local ev = append({'type', 'RESERVATION_CANCELLED', 'decision', 'CONFIRMED', 'reason', 'CANCELLED',
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved)},
+                     'ts', fmt(now), 'version', version_of(r),
+                     'remaining', remaining_of(r)},
                     reservation_fields(b))
   emit(K, ev)
   settle(K, r, rid, now, lapsed, true)
@@ -937,7 +957,7 @@ local function wl_join(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 3 and #args ~= 4 then return bad('expected 3 or 4 arguments: resource_id, client_id, quantity[, actor]') end
-  if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
+  if not valid_id(client) then return bad_id('client_id') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
   local actor, aerr = parse_actor(args[4])
@@ -950,8 +970,8 @@ local function wl_join(keys, args)
   local function rejected(code, reason)
     local ev = {'type', 'WAITLIST_REJECTED', 'decision', 'REJECTED', 'code', code,
                 'reason', reason, 'resource_id', rid, 'client_id', client,
-                'quantity', fmt(qty), 'ts', fmt(now), 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+                'quantity', fmt(qty), 'ts', fmt(now), 'version', version_of(r),
+                'remaining', remaining_of(r)}
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
     return ev
@@ -961,8 +981,8 @@ local function wl_join(keys, args)
   if existing then
     local e = cjson.decode(redis.call('HGET', K.we, 'e:' .. existing))
     local ev = append({'type', 'WAITLIST_JOIN_REPLAYED', 'decision', 'CONFIRMED',
-                       'reason', 'ALREADY_JOINED', 'ts', fmt(now), 'version', fmt(r.version),
-                       'remaining', fmt(r.capacity - r.reserved), 'created', '0'},
+                       'reason', 'ALREADY_JOINED', 'ts', fmt(now), 'version', version_of(r),
+                       'remaining', remaining_of(r), 'created', '0'},
                       entry_fields(K, e))
     emit(K, ev)
     settle(K, r, rid, now, lapsed, false)
@@ -996,8 +1016,8 @@ local function wl_join(keys, args)
     r.wl_dirty = true
   end
   local ev = append({'type', 'WAITLIST_JOINED', 'decision', 'CONFIRMED', 'reason', 'JOINED',
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved), 'created', '1'},
+                     'ts', fmt(now), 'version', version_of(r),
+                     'remaining', remaining_of(r), 'created', '1'},
                     entry_fields(K, e, true))
   emit(K, ev)
   settle(K, r, rid, now, lapsed, false)
@@ -1022,7 +1042,7 @@ local function wl_leave(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, entry_id[, actor]') end
-  if not valid_id(entry_id) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  if not valid_id(entry_id) then return bad_id('entry_id') end
   local actor, aerr = parse_actor(args[3])
   if aerr then return aerr end
   K.actor = actor
@@ -1031,8 +1051,8 @@ local function wl_leave(keys, args)
   -- writes start here
   local lapsed = r and lapse(K, r, now)
   local raw = redis.call('HGET', K.we, 'e:' .. entry_id)
-  local base = {'ts', fmt(now), 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+  local base = {'ts', fmt(now), 'version', version_of(r),
+                'remaining', remaining_of(r)}
   if not raw or not r then
     local ev = append({'type', 'WAITLIST_LEAVE_REJECTED', 'decision', 'REJECTED',
                        'code', 'INVALID_STATE', 'reason', 'UNKNOWN_ENTRY',
@@ -1099,7 +1119,7 @@ local function wl_sweep(keys, args)
   end
   local lapsed = lapse(K, r, now)
   local ev = {'type', 'WAITLIST_SWEPT', 'decision', 'CONFIRMED', 'reason', 'SWEPT', 'resource_id', rid,
-              'ts', fmt(now), 'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved),
+              'ts', fmt(now), 'version', version_of(r), 'remaining', remaining_of(r),
               'expired', fmt(#lapsed)}
   -- what fits is known only after notifying, and the decision is logged
   -- before its consequences: the stream entry is added first, its count
@@ -1200,7 +1220,7 @@ local function reservation_get(keys, args)
   local rid = args[1]
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
-  if not valid_id(args[2]) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  if not valid_id(args[2]) then return bad_id('reservation_id') end
   local raw = redis.call('HGET', K.bk, args[2])
   if not raw then return {} end
   local b = cjson.decode(raw)
@@ -1219,7 +1239,7 @@ local function wl_position(keys, args)
   local rid = args[1]
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
-  if not valid_id(args[2]) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  if not valid_id(args[2]) then return bad_id('entry_id') end
   local raw = redis.call('HGET', K.we, 'e:' .. args[2])
   if not raw then return {} end
   return entry_fields(K, cjson.decode(raw))
