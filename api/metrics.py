@@ -50,6 +50,10 @@ BAD_ARGUMENTS = Counter(
     "resv_engine_bad_arguments_total",
     "Engine calls the Lua refused as malformed (the API validated too little).",
 )
+CLIENT_DISCONNECTS = Counter(
+    "resv_client_disconnects_total",
+    "Requests whose client went away before sending the whole body (a client event, not an error).",
+)
 INTERNAL_ERRORS = Counter(
     "resv_internal_errors_total",
     "Requests that failed with an unexpected error (500).",

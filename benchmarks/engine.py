@@ -77,7 +77,7 @@ async def raw_pipelined(url: str, engine: Engine) -> float:
         for i in range(base, min(base + 500, CALLS)):
             rq = f"r{i}"
             pipe.execute_command("FCALL", "resv_reserve", 10,
-                                 *keys.reserve_keys(rid, keys.request_key(rid, rq, PARTITIONS), PARTITIONS),
+                                 *keys.reserve_keys(rid, rq, PARTITIONS),
                                  rid, f"c{i}", "1", rq)
         await pipe.execute()
     elapsed = time.perf_counter() - start
@@ -183,7 +183,7 @@ class Calls:
     def reserve(self, pipe, client: str, qty: int = 1) -> None:
         self.n += 1
         rq = f"b{self.n}"
-        ks = keys.reserve_keys(self.rid, keys.request_key(self.rid, rq, PARTITIONS), PARTITIONS)
+        ks = keys.reserve_keys(self.rid, rq, PARTITIONS)
         pipe.execute_command("FCALL", "resv_reserve", len(ks), *ks, self.rid, client, str(qty), rq)
 
     def fcall(self, pipe, function: str, *args: str) -> None:

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         if not _wait_http(base + "/health"):
             print("resv demo: the API did not come up; see the messages above", file=sys.stderr)
             return 1
-        print(_usage(base, env, notes), flush=True)
+        print(_usage(base, env, notes, data), flush=True)
         return _wait(children)
 
 
@@ -122,7 +122,7 @@ def _stop_all(children: list[subprocess.Popen]) -> None:
             child.kill()
 
 
-def _usage(base: str, env: dict[str, str], notes: list[str]) -> str:
+def _usage(base: str, env: dict[str, str], notes: list[str], data: Path) -> str:
     keys = dict(pair.split(":", 1) for pair in env["RESV_API_KEYS"].split(",") if ":" in pair)
     op, client = keys.get("operator", "OPERATOR_KEY"), keys.get("client", "CLIENT_KEY")
     lines = "\n".join(f"  - {n}" for n in notes)
@@ -155,5 +155,13 @@ Webhooks (signed, from the audit; `resv listen` verifies and prints each event):
 
 Audit in PostgreSQL: psql "{env['DATABASE_URL']}" -c 'select * from events order by ms, seq'
 Redis functions directly: see lua/README.md (server {env['REDIS_URL']}).
+
+The resv command is {Path(sys.executable).parent / 'resv'}. In another shell, for
+`resv timeline`, `resv verify` and the others against these servers:
+  export REDIS_URL='{env['REDIS_URL']}'
+  export DATABASE_URL='{env['DATABASE_URL']}'
+  export RESV_API_KEYS='{env['RESV_API_KEYS']}'
+Data persists in {data}; set RESV_API_KEYS as above before the next
+`make run` to keep the same keys (the embedded servers' ports may change).
 Ctrl-C stops everything.
 """
