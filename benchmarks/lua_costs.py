@@ -47,14 +47,9 @@ def variant(source: str, name: str, cuts: list[tuple[str, str]]) -> str:
 
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     "full resv_reserve": [],
-    "- idempotency record (GET + SET of the JSON reply copy)": [
+    "- idempotency record (GET + SET of the record line)": [
         (r"local prior = redis\.call\('GET', keys\[7\]\)", "local prior = nil"),
-        (r"redis\.call\('SET', keys\[7\], cjson\.encode\(\{fp = fingerprint, reply = ev, lib = LIBRARY_VERSION\}\), 'PX', ttl\)\n  emit\(K, ev\)\n  local released",
-         "emit(K, ev)\n  local released"),
-    ],
-    "- JSON copy in the idempotency record (fingerprint only)": [
-        (r"redis\.call\('SET', keys\[7\], cjson\.encode\(\{fp = fingerprint, reply = ev, lib = LIBRARY_VERSION\}\), 'PX', ttl\)\n  emit\(K, ev\)\n  local released",
-         "redis.call('SET', keys[7], fingerprint, 'PX', ttl)\n  emit(K, ev)\n  local released"),
+        (r"  remember\(ev, '', 'CONFIRMED', reservation_id, ts, version_s, remaining_of\(r\)\)\n", ""),
     ],
     "- booking record JSON (a plain string instead)": [
         (r"redis\.call\('HSET', K\.bk, reservation_id, cjson\.encode\(\{.*?\}\)\)",
@@ -76,8 +71,8 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
          "  local r = {capacity = v[1], reserved = v[2], version = v[3], state = v[4], seq = v[5]}"),
     ],
     "- argument checks (client, quantity, request id patterns)": [
-        (r"  if not valid_id\(client\) then return bad\('client_id must be 1-128 printable ASCII chars'\) end\n", ""),
-        (r"  if not valid_id\(request_id\) then return bad\('request_id must be 1-128 printable ASCII chars'\) end\n", ""),
+        (r"  if not valid_id\(client\) then return bad_id\('client_id'\) end\n", ""),
+        (r"  if not valid_id\(request_id\) then return bad_id\('request_id'\) end\n", ""),
     ],
 }
 

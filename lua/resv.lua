@@ -25,7 +25,7 @@
     KEYS[5] resv:{pN}:we:<rid>   hash   'e:'..entry_id -> entry (JSON); 'c:'..client_id -> active entry id
     KEYS[6] resv:{pN}:events     stream the partition's decision log
   resv_reserve also takes
-    KEYS[7] resv:{pN}:req:<rid>:<request_id>  string  idempotency record (JSON), expires;
+    KEYS[7] resv:{pN}:req:<rid>:<request_id>  string  idempotency record (record_of), expires;
             with an actor resv:{pN}:req:<rid>@<actor>:<request_id> (the actor
             scopes the request id)
   and every write entry point takes, after those, "the waiting-list keys":
@@ -672,6 +672,40 @@ local function set_state(state)
   end
 end
 
+-- The idempotency record (KEYS[7]). Release 3 keeps only what the call does
+-- not repeat, space-separated ('-' for an empty value; ids, codes and numbers
+-- hold no space): '3 <fingerprint> <code> <reason> <reservation_id> <ts>
+-- <version> <remaining> <ttl_ms>'. The reply is rebuilt from it and the
+-- retry's own arguments (the fingerprint makes them the same). Earlier
+-- releases stored {fp, reply} as JSON; both are read.
+local function record_of(fingerprint, code, reason, reservation_id, ts, version, remaining, ttl)
+  return table.concat({'3', fingerprint, code == '' and '-' or code, reason, reservation_id or '-',
+                       ts, version, remaining, ttl}, ' ')
+end
+
+-- fingerprint, reply, and whether an earlier release wrote it (no release
+-- mark: JSON without `lib`).
+local function read_record(raw, rid, client, qty, request_id)
+  if raw:sub(1, 1) == '{' then
+    local rec = cjson.decode(raw)
+    return rec.fp, rec.reply, rec.lib == nil
+  end
+  local fp, code, reason, reservation_id, ts, version, remaining, ttl =
+    raw:match('^3 (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  if not fp then return false, {}, false end  -- unreadable: never matches, so a reuse
+  local confirmed = reservation_id ~= '-'
+  local reply = {'type', confirmed and 'RESERVATION_CONFIRMED' or 'RESERVATION_REJECTED',
+                 'decision', confirmed and 'CONFIRMED' or 'REJECTED', 'code', code == '-' and '' or code,
+                 'reason', reason, 'resource_id', rid, 'client_id', client, 'quantity', fmt(qty),
+                 'request_id', request_id}
+  if confirmed then
+    reply[#reply + 1] = 'reservation_id'
+    reply[#reply + 1] = reservation_id
+  end
+  return fp, append(reply, {'ts', ts, 'version', version, 'remaining', remaining, 'idempotency_ttl_ms', ttl}),
+         false
+end
+
 --[[
   resv_reserve: the commit. Confirms or rejects, on the real state, at server time.
   KEYS[1..6]  the resource keys
@@ -740,21 +774,30 @@ local function reserve(keys, args)
   local req_key = scoped and K.prefix .. 'req:' .. rid .. '@' .. actor .. ':' .. request_id or unscoped
   if keys[7] ~= req_key then return bad('KEYS[7] must be ' .. req_key) end
   if scoped and keys[11] ~= unscoped then return bad('KEYS[11] must be ' .. unscoped) end
-  -- a release-2 call: its record stays as release 2 wrote it (no `lib`), so
+  -- a release-2 call: its record is kept as release 2 wrote it (JSON), so
   -- a release-3 retry of the same request still finds it through KEYS[11]
-  local mark = LIBRARY_VERSION
-  if actor and not scoped then K.scope, mark = 'resource', nil end
+  local legacy = actor and not scoped
+  if legacy then K.scope = 'resource' end
   local now = server_now()
   local fingerprint = client .. '|' .. fmt(qty)
 
+  local prior_fp, orig
   local prior = redis.call('GET', keys[7])
-  local rec = prior and cjson.decode(prior)
-  if not prior and scoped then
-    -- before release 3 every record was unscoped: one without `lib` may be
-    -- this actor's request from before the upgrade
+  if prior then
+    prior_fp, orig = read_record(prior, rid, client, qty, request_id)
+  elseif scoped then
+    -- before release 3 every record was unscoped: one an earlier release
+    -- wrote may be this actor's request from before the upgrade
     local old = redis.call('GET', unscoped)
-    rec = old and cjson.decode(old)
-    if rec and rec.lib then rec = nil end
+    if old then
+      local fp, reply, earlier = read_record(old, rid, client, qty, request_id)
+      if earlier then prior_fp, orig = fp, reply end
+    end
+  end
+  local function remember(ev, code, reason, reservation_id, ts, version, remaining)
+    local rec = legacy and cjson.encode({fp = fingerprint, reply = ev})
+      or record_of(fingerprint, code, reason, reservation_id, ts, version, remaining, fmt(ttl))
+    redis.call('SET', keys[7], rec, 'PX', ttl)
   end
   local r = load_resource(K)
   local lapsed = r and lapse(K, r, now)
@@ -765,19 +808,16 @@ local function reserve(keys, args)
                 'version', version_of(r),
                 'remaining', remaining_of(r),
                 'idempotency_ttl_ms', record and fmt(ttl) or ''}
-    if record then
-      redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev, lib = mark}), 'PX', ttl)
-    end
+    if record then remember(ev, code, reason, nil, fmt(now), version_of(r), remaining_of(r)) end
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
     return with_replayed(ev, '0')
   end
 
-  if rec then
-    if rec.fp ~= fingerprint then
+  if orig then
+    if prior_fp ~= fingerprint then
       return rejected('INVALID_STATE', 'REQUEST_ID_REUSED', false)
     end
-    local orig = rec.reply
     local function field(name)
       for i = 1, #orig, 2 do if orig[i] == name then return orig[i + 1] end end
       return ''
@@ -827,9 +867,9 @@ local function reserve(keys, args)
               'reason', 'CONFIRMED', 'resource_id', rid, 'client_id', client,
               'quantity', qty_s, 'request_id', request_id,
               'reservation_id', reservation_id, 'ts', ts,
-              'version', version_s, 'remaining', fmt(r.capacity - r.reserved),
+              'version', version_s, 'remaining', remaining_of(r),
               'idempotency_ttl_ms', fmt(ttl)}
-  redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev, lib = mark}), 'PX', ttl)
+  remember(ev, '', 'CONFIRMED', reservation_id, ts, version_s, remaining_of(r))
   emit(K, ev)
   local released = false
   if entry then

@@ -184,3 +184,25 @@ def test_a_release_2_process_during_a_rolling_upgrade(r) -> None:
     logged = [e for e in events(r, "gig") if e["type"].startswith("RESERVATION_")]
     assert [(e["type"], e.get("request_scope")) for e in logged] == [
         ("RESERVATION_CONFIRMED", "resource"), ("RESERVATION_REPLAYED", None)]
+
+
+def test_the_record_keeps_only_what_a_retry_does_not_repeat(r) -> None:
+    """Release 3's record is a short line, not a JSON copy of the reply, and
+    the reply rebuilt from it is the original one, field for field."""
+    create(r, "gig", 5)
+    first = reserve_as(r, "gig", "ann", 2, "k", "client#1")
+    full = reserve_as(r, "gig", "bob", 9, "f", None)  # a remembered rejection
+    for (client, qty, rq, actor), original in (((("ann", 2, "k", "client#1")), first), (("bob", 9, "f", None), full)):
+        record = r.get(keys.request_key("gig", rq, PARTITIONS, actor))
+        assert record.startswith("3 ") and len(record) < 100, record
+        again = reserve_as(r, "gig", client, qty, rq, actor)
+        assert again["replayed"] == "1"
+        assert list(again.items())[:-1] == [(k, v) for k, v in original.items() if k != "replayed"]
+
+
+def test_an_unreadable_record_is_never_taken_for_a_new_request(r) -> None:
+    create(r, "gig", 5)
+    r.set(keys.request_key("gig", "k", PARTITIONS, "client#1"), "3 garbled")
+    d = reserve_as(r, "gig", "ann", 1, "k", "client#1")
+    assert (d["decision"], d["reason"]) == ("REJECTED", "REQUEST_ID_REUSED")
+    assert r.hget(rkeys("gig")[0], "reserved") == "0"
