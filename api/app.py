@@ -26,7 +26,7 @@ from litestar.datastructures import State
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
-from resv.api import docs, errors, metrics, oplog
+from resv.api import bodies, docs, errors, metrics, oplog
 from resv.api.auth import KeyRing, operator_only
 from resv.api.availability import AvailabilityController
 from resv.api.console import console, template_config
@@ -65,6 +65,7 @@ def create_app(settings: ApiSettings | None = None, engine: Engine | None = None
         on_startup=[docs.finish_document],
         openapi_config=docs.openapi_config(_version()),
         request_max_body_size=settings.max_body_bytes,
+        request_class=bodies.request_class(settings.max_json_depth),
         debug=False,
         logging_config=None,
     )
@@ -110,6 +111,7 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
         ResourceController,
         HealthController,
         metrics.MetricsController,
+        docs.assets_router(),
     ]
     # The archiver's audit routes (/ops/...): operator keys only, whatever
     # the controller itself declares.

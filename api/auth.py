@@ -56,7 +56,7 @@ class KeyRing:
         key, unless the route is public."""
         if scope["route_handler"].opt.get(PUBLIC):
             return
-        principal = self.identify(_authorization(scope))
+        principal = self.identify(authorization_header(scope))
         if principal is None:
             raise NotAuthorizedException(headers={"WWW-Authenticate": "Bearer"})
         scope["auth"] = principal
@@ -88,7 +88,7 @@ def _digest(secret: bytes) -> bytes:
     return hashlib.sha256(secret).digest()
 
 
-def _authorization(scope: Scope) -> bytes | None:
+def authorization_header(scope: Scope) -> bytes | None:
     for name, value in scope["headers"]:
         if name == b"authorization":
             return value

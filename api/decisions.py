@@ -9,7 +9,7 @@ decision metrics, through `record`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import msgspec
 from litestar import Response
@@ -19,18 +19,15 @@ from litestar.types import Scope
 from resv.api import metrics, oplog
 from resv.api.schemas import Rejection, ReservationOut, WaitlistEntryOut
 from resv.api.times import iso_from_us, iso_or_none
+from resv.engine.codes import PublicCode
 from resv.engine.errors import PUBLIC_MESSAGES
-from resv.engine.types import Decision
+from resv.engine.types import Decision, DecisionBase, EntryDecision, ReservationCancelled, ReservationConfirmed
 
 _encode = msgspec.json.Encoder().encode
-
-_PUBLIC_CODES = frozenset(PUBLIC_MESSAGES)
+T = TypeVar("T")
 
 # Pre-encoded: there are only three.
-_REJECTIONS = {
-    code: _encode(Rejection(code=code, message=message))  # type: ignore[arg-type]
-    for code, message in PUBLIC_MESSAGES.items()
-}
+_REJECTIONS = {code: _encode(Rejection(code=code, message=message)) for code, message in PUBLIC_MESSAGES.items()}
 
 
 def record(scope: Scope, decision: Decision) -> None:
@@ -39,37 +36,52 @@ def record(scope: Scope, decision: Decision) -> None:
     metrics.decision(decision.type, decision.decision, decision.code)
 
 
-def json(body: Any, status: int, headers: dict[str, str] | None = None) -> Response[bytes]:
-    return Response(_encode(body), status_code=status, media_type=MediaType.JSON, headers=headers)
+def json(body: T, status: int, headers: dict[str, str] | None = None) -> Response[T]:
+    """The body encoded once, here (a handler returning a Response with its
+    own status and headers); typed as the body it carries."""
+    response = Response(_encode(body), status_code=status, media_type=MediaType.JSON, headers=headers)
+    return cast("Response[T]", response)
 
 
-def rejection(decision: Decision) -> Response[bytes]:
-    code = decision.code if decision.code in _PUBLIC_CODES else "INVALID_STATE"
+def rejection(decision: DecisionBase) -> Response[Any]:
+    code = decision.code or PublicCode.INVALID_STATE
     return Response(_REJECTIONS[code], status_code=409, media_type=MediaType.JSON)
 
 
-def reservation(decision: Decision) -> ReservationOut:
-    """A confirmed reservation, or a cancellation, from its decision."""
-    confirmed = decision.type == "RESERVATION_CONFIRMED"
+def confirmed(decision: ReservationConfirmed) -> ReservationOut:
+    """A new reservation, from its confirmation."""
     return ReservationOut(
-        reservation_id=decision.reservation_id,  # type: ignore[arg-type]
-        status="CONFIRMED" if confirmed else decision.status,  # type: ignore[arg-type]
-        resource_id=decision.resource_id,  # type: ignore[arg-type]
-        quantity=decision.quantity,  # type: ignore[arg-type]
-        client_id=decision.client_id,  # type: ignore[arg-type]
-        confirmed_at=iso_from_us(decision.ts if confirmed else decision.confirmed_at),  # type: ignore[arg-type]
-        cancelled_at=None if confirmed else iso_or_none(decision.cancelled_at),
+        reservation_id=decision.reservation_id,
+        status="CONFIRMED",
+        resource_id=decision.resource_id,
+        quantity=decision.quantity,
+        client_id=decision.client_id,
+        confirmed_at=iso_from_us(decision.ts),
+        cancelled_at=None,
     )
 
 
-def waitlist_entry(decision: Decision) -> WaitlistEntryOut:
+def cancelled(decision: ReservationCancelled) -> ReservationOut:
+    """The reservation as a cancellation (or its replay) left it."""
+    return ReservationOut(
+        reservation_id=decision.reservation_id,
+        status=decision.status,
+        resource_id=decision.resource_id,
+        quantity=decision.quantity,
+        client_id=decision.client_id,
+        confirmed_at=iso_from_us(decision.confirmed_at),
+        cancelled_at=iso_or_none(decision.cancelled_at),
+    )
+
+
+def waitlist_entry(decision: EntryDecision) -> WaitlistEntryOut:
     return WaitlistEntryOut(
-        entry_id=decision.entry_id,  # type: ignore[arg-type]
-        resource_id=decision.resource_id,  # type: ignore[arg-type]
-        client_id=decision.client_id,  # type: ignore[arg-type]
-        quantity=decision.quantity,  # type: ignore[arg-type]
+        entry_id=decision.entry_id,
+        resource_id=decision.resource_id,
+        client_id=decision.client_id,
+        quantity=decision.quantity,
         position=decision.position,
-        status=decision.status,  # type: ignore[arg-type]
+        status=decision.status,
         joined_at=iso_or_none(decision.joined_at),
         notified_at=iso_or_none(decision.notified_at),
         expires_at=iso_or_none(decision.expires_at),

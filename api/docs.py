@@ -3,21 +3,31 @@
 Handlers declare their typed bodies and an operation id; this module adds the
 bearer security scheme and the documented error responses, so the document is
 the contract.
+
+The page at /schema is Redoc, served from the package (api/static/, a pinned
+release copied from its npm package: see api/static/README.md), so it works
+offline and never changes under us; no asset is loaded from elsewhere.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from litestar import Litestar, Router
 from litestar.openapi import OpenAPIConfig, ResponseSpec
-from litestar.openapi.plugins import ScalarRenderPlugin
+from litestar.openapi.plugins import RedocRenderPlugin
 from litestar.openapi.spec import (
     Components,
+    OpenAPIMediaType,
+    OpenAPIResponse,
     OpenAPIType,
     Parameter,
+    Reference,
     Schema,
     SecurityScheme,
     Tag,
 )
+from litestar.static_files import create_static_files_router
 from msgspec import Struct
 
 from resv.api import schemas as schemas_module
@@ -71,6 +81,7 @@ def finish_document(app: Litestar) -> None:
     false`, PATCH at least one field); a header is a string, never null;
     If-Match is required."""
     document = app.openapi_schema
+    document_every_status(document)
     for name, schema in (document.components.schemas or {}).items():
         struct = getattr(schemas_module, name, None)
         if isinstance(struct, type) and issubclass(struct, Struct) and struct.__struct_config__.forbid_unknown_fields:
@@ -91,6 +102,35 @@ def finish_document(app: Litestar) -> None:
                     parameter.required = True
 
 
+STATIC = Path(__file__).resolve().parent / "static"
+REDOC_VERSION = "2.5.4"
+"""The vendored Redoc release (api/static/redoc-<version>/)."""
+ASSETS_PATH = "/schema/assets"
+
+
+def assets_router() -> Router:
+    """The page's assets, from the package; public, like the document."""
+    return create_static_files_router(path=ASSETS_PATH, directories=[STATIC], opt={PUBLIC: True},
+                                      include_in_schema=False, send_as_attachment=False)
+
+
+INTERNAL = "Unexpected failure (`INTERNAL`); the operator log has the details."
+
+
+def document_every_status(document) -> None:
+    """Statuses every route can answer that no handler declares: 500. Added
+    as a reference-free response so the document lists every status."""
+    for item in (document.paths or {}).values():
+        for operation in (item.get, item.post, item.patch, item.delete, item.put):
+            if operation is None:
+                continue
+            responses = operation.responses if operation.responses is not None else {}
+            if "500" not in responses:
+                responses["500"] = OpenAPIResponse(description=INTERNAL, content={
+                    "application/json": OpenAPIMediaType(schema=Reference(ref="#/components/schemas/ErrorBody"))})
+            operation.responses = responses
+
+
 def openapi_config(version: str) -> OpenAPIConfig:
     return OpenAPIConfig(
         title="resv",
@@ -98,11 +138,16 @@ def openapi_config(version: str) -> OpenAPIConfig:
         description=(
             "Strongly consistent reservations. Every decision is taken by the engine on the real "
             "state at server time; times are ISO-8601 UTC with microseconds. Every route except "
-            "/health and this document needs `Authorization: Bearer <key>`; operator keys may call "
-            "every client route."
+            "/health, /ready and this document needs `Authorization: Bearer <key>`; operator keys "
+            "may call every client route. At the connection, before any key is checked: a request "
+            "line and headers over RESV_MAX_HEADER_BYTES get 431 (`HEADERS_TOO_LARGE`) and a closed "
+            "connection; a request not complete within RESV_HEADER_TIMEOUT_S (head) or "
+            "RESV_BODY_TIMEOUT_S (body) is closed."
         ),
         path="/schema",
-        render_plugins=[ScalarRenderPlugin()],
+        render_plugins=[RedocRenderPlugin(
+            js_url=f"{ASSETS_PATH}/redoc-{REDOC_VERSION}/redoc.standalone.js",
+            google_fonts=False, favicon="", path="/redoc")],
         # the document is public: its routes skip the key check
         openapi_router=Router(path="/schema", route_handlers=[], opt={PUBLIC: True}, include_in_schema=False),
         components=Components(security_schemes={

@@ -67,6 +67,12 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class ClientDisconnected(Exception):
+    """The client went away before sending its whole body (or was cut off by
+    the body timeout, api/edge.py). Logged as a client event; the 400 is for
+    the request log, no one receives it."""
+
+
 class Failure(msgspec.Struct, frozen=True):
     status: int
     body: ErrorBody
@@ -80,6 +86,10 @@ def resolve(exc: BaseException, scope: Scope | None = None) -> Failure:
     """The status, body and headers for any exception at a request's edge."""
     if isinstance(exc, ApiError):
         return Failure(exc.status, ErrorBody(error=exc.error, detail=exc.detail), exc.headers)
+    if isinstance(exc, ClientDisconnected):
+        metrics.CLIENT_DISCONNECTS.inc()
+        log.info("client disconnected before sending the whole body", extra={"resv": {"route": _route(scope)}})
+        return Failure(400, ErrorBody(error="BAD_REQUEST", detail="body: the client disconnected mid-body"))
     if isinstance(exc, ValidationException):
         return Failure(400, ErrorBody(error="BAD_REQUEST", detail=validation_detail(exc)))
     if isinstance(exc, TooManyRequestsException):
@@ -101,8 +111,8 @@ def resolve(exc: BaseException, scope: Scope | None = None) -> Failure:
             "route": _route(scope), "error": f"{type(exc).__name__}: {exc}"}})
         return Failure(503, ErrorBody(error="UNAVAILABLE"), {"Retry-After": RETRY_AFTER_UNAVAILABLE})
     if isinstance(exc, BadArgument):
-        # The API validates what the Lua validates, so this is rare (e.g. a
-        # PATCH whose window conflicts with the stored one).
+        # The API validates what the Lua validates, with the Lua's bounds
+        # (resv.engine.limits), so this is rare: a time past the Lua's MAX_TIME.
         metrics.BAD_ARGUMENTS.inc()
         log.info("engine refused a malformed call", extra={"resv": {
             "route": _route(scope), "error": str(exc)}})

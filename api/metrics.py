@@ -50,6 +50,10 @@ BAD_ARGUMENTS = Counter(
     "resv_engine_bad_arguments_total",
     "Engine calls the Lua refused as malformed (the API validated too little).",
 )
+CLIENT_DISCONNECTS = Counter(
+    "resv_client_disconnects_total",
+    "Requests whose client went away before sending the whole body (a client event, not an error).",
+)
 INTERNAL_ERRORS = Counter(
     "resv_internal_errors_total",
     "Requests that failed with an unexpected error (500).",
@@ -173,7 +177,8 @@ async def webhook_metrics(store: Any) -> bytes:
         up.add_metric([], 0)
         return _exposition(families)
     up.add_metric([], 1)
-    deliveries = GaugeMetricFamily("resv_webhook_deliveries", "Webhook deliveries by status (outcome).",
+    deliveries = GaugeMetricFamily("resv_webhook_deliveries",
+                                   "Webhook deliveries by status (outcome), those retention deleted included.",
                                    labels=["status"])
     attempts = CounterMetricFamily("resv_webhook_attempts", "Attempts made, by the delivery's status.",
                                    labels=["status"])

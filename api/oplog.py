@@ -28,7 +28,7 @@ from litestar.types import Scope
 
 from resv.api.ids import new_line_id
 from resv.api.times import iso_from_us
-from resv.engine.types import Decision
+from resv.engine.types import Decision, ReservationReply
 
 LOGGER = "resv.api"
 log = logging.getLogger(LOGGER)
@@ -103,7 +103,7 @@ def log_request(scope: Scope, status: int, seconds: float, entry: Note) -> None:
         line.code = decision.code
         line.reason = decision.reason
         line.ts = iso_from_us(decision.ts)
-        line.replayed = decision.replayed
+        line.replayed = isinstance(decision, ReservationReply) and decision.replayed
     _emit(_encode(line))
 
 

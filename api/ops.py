@@ -1,5 +1,6 @@
 """Operator routes over the audit (operator keys): a resource's complete,
-ordered history, and where a request's decision sits in it.
+ordered history, and where a request's decision sits in it. Both run under
+the request deadline (RESV_REQUEST_DEADLINE_S: 503 past it) and page.
 
 The logic lives in the archiver's read side (resv.archiver.reads) (shared with `resv timeline`): the
 archived events in PostgreSQL merged with the not-yet-archived stream tail,
@@ -28,9 +29,10 @@ from resv.archiver.reads import (
     TimelinePage,
 )
 from resv.engine.errors import translate
+from resv.engine.limits import MAX_ID, MAX_RESOURCE_ID
 
 RequestIdParam = Annotated[str, Parameter(
-    min_length=1, max_length=128, pattern=PRINTABLE_ID_PATTERN,
+    min_length=1, max_length=MAX_ID, pattern=PRINTABLE_ID_PATTERN,
     description="The request id a reservation was made with (its Idempotency-Key).")]
 AfterParam = Annotated[str | None, QueryParameter(
     required=False, max_length=64,
@@ -38,7 +40,7 @@ AfterParam = Annotated[str | None, QueryParameter(
 LimitParam = Annotated[int, QueryParameter(
     ge=1, le=MAX_LIMIT, description=f"Events per page, 1-{MAX_LIMIT}.")]
 ResourceFilterParam = Annotated[str | None, QueryParameter(
-    required=False, min_length=1, max_length=64, pattern=RESOURCE_ID_PATTERN,
+    required=False, min_length=1, max_length=MAX_RESOURCE_ID, pattern=RESOURCE_ID_PATTERN,
     description="The request's resource: looks in its partition only.")]
 
 class OpsController(Controller):
@@ -56,7 +58,7 @@ class OpsController(Controller):
         (null on the last page)."""
         svc = services(request)
         try:
-            return await svc.audit.timeline(resource_id, after=after, limit=limit)
+            return await svc.within_deadline(svc.audit.timeline(resource_id, after=after, limit=limit))
         except InvalidCursor:
             raise ApiError(400, "BAD_REQUEST", "query parameter after: not a cursor from a previous page") from None
         except AuditUnavailable as exc:
@@ -67,13 +69,20 @@ class OpsController(Controller):
     @get("/requests/{request_id:str}", operation_id="getRequestDecisions",
          responses=docs.errors(400, 403, 404))
     async def request_place(self, request: Request[Any, Any, Any], request_id: RequestIdParam,
-                            resource_id: ResourceFilterParam = None) -> RequestDecisions:
+                            resource_id: ResourceFilterParam = None, after: AfterParam = None,
+                            limit: LimitParam = 100) -> RequestDecisions:
         """The decision(s) logged under this request id (a retried request
-        also logs its replays), each with its partition, stream id and
-        position among its resource's decisions (1-based)."""
+        also logs its replays), oldest first, each with its partition, stream
+        id and position among its resource's decisions (1-based). Pages with
+        `next` (null on the last page). Without PostgreSQL each partition's
+        stream is read once per page, within the request deadline (503 past
+        it): give `resource_id` to read one partition only."""
         svc = services(request)
         try:
-            found = await svc.audit.request_decisions(request_id, resource_id=resource_id)
+            found = await svc.within_deadline(svc.audit.request_decisions(
+                request_id, resource_id=resource_id, after=after, limit=limit))
+        except InvalidCursor:
+            raise ApiError(400, "BAD_REQUEST", "query parameter after: not a cursor from a previous page") from None
         except AuditUnavailable as exc:
             raise translate(ConnectionError(str(exc))) from exc
         except (RedisError, OSError) as exc:

@@ -14,7 +14,6 @@ retries of a lost reply re-send the same request id.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, get, post
@@ -26,6 +25,7 @@ from resv.api.bodies import StrictJSON, parse
 from resv.api.errors import ApiError, error_response
 from resv.api.ids import new_request_id
 from resv.api.schemas import (
+    PRINTABLE_ID,
     RESOURCE_ID,
     ReservationIdPath,
     ReservationOut,
@@ -34,9 +34,12 @@ from resv.api.schemas import (
 from resv.api.services import services
 from resv.api.times import iso_from_us, iso_or_none
 from resv.engine import keys
+from resv.engine.codes import Reason
+from resv.engine.limits import MAX_ID, PRINTABLE
+from resv.engine.types import CancelRejected, ReservationConfirmed
 
-IDEMPOTENCY_KEY = re.compile(r"[!-~]{1,128}")
-"""1-128 printable ASCII characters, no spaces (the Lua's request id rule)."""
+IDEMPOTENCY_KEY = PRINTABLE_ID
+"""The Lua's request id rule: 1-MAX_ID printable ASCII characters, no spaces."""
 
 _REJECTED = (
     "Rejected by the engine: `code` is RESOURCE_FULL (not enough left), RESOURCE_CLOSED "
@@ -49,9 +52,9 @@ IdempotencyKey = Annotated[
     HeaderParameter(
         name="Idempotency-Key",
         required=False,
-        description="1-128 printable ASCII characters without spaces; scoped to the resource. "
+        description=f"1-{MAX_ID} printable ASCII characters without spaces; scoped to the resource. "
         "A retry with the same key and body returns the original status and body.",
-        schema_extra={"maxLength": 128, "minLength": 1, "pattern": "^[!-~]{1,128}$"},
+        schema_extra={"maxLength": MAX_ID, "minLength": 1, "pattern": f"^[{PRINTABLE}]{{1,{MAX_ID}}}$"},
     ),
 ]
 
@@ -88,18 +91,18 @@ class ReservationController(Controller):
             request_id = idempotency_key
         else:
             raise ApiError(400, "BAD_REQUEST",
-                           "header Idempotency-Key: must be 1-128 printable ASCII characters without spaces")
+                           f"header Idempotency-Key: must be 1-{MAX_ID} printable ASCII characters without spaces")
         oplog.note(request.scope).request_id = request_id
         svc = services(request)
         with svc.deadline.guard():
             decision = await svc.engine.reserve(body.resource_id, body.client_id, body.quantity, request_id,
                                                 actor=actor_of(request.scope))
         decisions.record(request.scope, decision)
-        if decision.decision == "CONFIRMED":
-            return decisions.json(decisions.reservation(decision), 201)  # type: ignore[return-value]
-        if decision.reason == "REQUEST_ID_REUSED":
-            return error_response(422, "IDEMPOTENCY_KEY_REUSED")  # type: ignore[return-value]
-        return decisions.rejection(decision)  # type: ignore[return-value]
+        if isinstance(decision, ReservationConfirmed):
+            return decisions.json(decisions.confirmed(decision), 201)
+        if decision.reason == Reason.REQUEST_ID_REUSED:
+            return error_response(422, "IDEMPOTENCY_KEY_REUSED")  # type: ignore[return-value]  # an error body
+        return decisions.rejection(decision)
 
     @get("/{reservation_id:str}", operation_id="getReservation", responses=docs.errors(400, 404))
     async def reservation(self, request: Request[Any, Any, Any], reservation_id: ReservationIdPath) -> ReservationOut:
@@ -136,8 +139,8 @@ class ReservationController(Controller):
         if decision is None:
             raise ApiError(404, "NOT_FOUND")
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            if decision.reason == "UNKNOWN_RESERVATION":
+        if isinstance(decision, CancelRejected):
+            if decision.reason == Reason.UNKNOWN_RESERVATION:
                 raise ApiError(404, "NOT_FOUND")
-            return decisions.rejection(decision)  # type: ignore[return-value]
-        return decisions.reservation(decision)
+            return decisions.rejection(decision)  # type: ignore[return-value]  # a 409 body, not a ReservationOut
+        return decisions.cancelled(decision)

@@ -28,7 +28,8 @@ from resv.api.schemas import (
 )
 from resv.api.services import services
 from resv.api.times import iso_from_us, iso_or_none, us_from_datetime
-from resv.engine.types import Resource, ResourceSpec
+from resv.engine.codes import Reason
+from resv.engine.types import Resource, ResourceRejected, ResourceSpec, RulesRejected
 
 _IF_MATCH = re.compile(r' *("?)([0-9]{1,10})\1 *')
 
@@ -115,28 +116,27 @@ class ResourceController(Controller):
         svc = services(request)
         decision = await svc.within_deadline(svc.engine.create_resource(spec, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            if decision.reason == "ALREADY_EXISTS":
+        if isinstance(decision, ResourceRejected):
+            if decision.reason == Reason.ALREADY_EXISTS:
                 raise ApiError(409, "ALREADY_EXISTS")
             raise ApiError(409, "INVALID_STATE")
-        version = decision.version or 1
-        body = ResourceCreated(
-            resource_id=body.resource_id,
-            type=decision.resource_type or body.type,
-            capacity=decision.capacity if decision.capacity is not None else body.capacity,
+        created = ResourceCreated(
+            resource_id=decision.resource_id,
+            type=decision.resource_type,
+            capacity=decision.capacity,
             reserved=0,
-            remaining=decision.remaining if decision.remaining is not None else body.capacity,
-            state=decision.state or "OPEN",  # type: ignore[arg-type]
-            version=version,
+            remaining=decision.remaining,
+            state=decision.state,
+            version=decision.version,
             opens_at=iso_or_none(decision.opens_at),
             closes_at=iso_or_none(decision.closes_at),
-            waitlist_enabled=bool(decision.waitlist_enabled),
+            waitlist_enabled=decision.waitlist_enabled,
             max_per_request=decision.max_per_request,
             max_per_client=decision.max_per_client,
             notify_window_ms=decision.notify_window_ms or 900_000,
             created_at=iso_from_us(decision.ts),
         )
-        return decisions.json(body, 201, etag(version))  # type: ignore[return-value]
+        return decisions.json(created, 201, etag(decision.version))
 
     @get("/{resource_id:str}", operation_id="getResource", responses=docs.errors(400, 403, 404),
          response_headers=ETAG_HEADER)
@@ -147,7 +147,7 @@ class ResourceController(Controller):
         found = await svc.within_deadline(svc.engine.resource(resource_id))
         if found is None:
             raise ApiError(404, "NOT_FOUND")
-        return decisions.json(state_of(found), 200, etag(found.version))  # type: ignore[return-value]
+        return decisions.json(state_of(found), 200, etag(found.version))
 
     @patch(
         "/{resource_id:str}",
@@ -184,13 +184,15 @@ class ResourceController(Controller):
         decision = await svc.within_deadline(
             svc.engine.configure(resource_id, expected, changes, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            if decision.reason == "UNKNOWN_RESOURCE":
+        if isinstance(decision, RulesRejected):
+            if decision.reason == Reason.UNKNOWN_RESOURCE:
                 raise ApiError(404, "NOT_FOUND")
-            if decision.reason == "VERSION_MISMATCH":
+            if decision.reason == Reason.VERSION_MISMATCH:
                 raise ApiError(412, "VERSION_MISMATCH", headers=etag(decision.version) if decision.version else None)
+            if decision.reason == Reason.WINDOW_INVERTED:  # logged, as every refusal; the body was well-formed
+                raise ApiError(400, "BAD_REQUEST", "closes_at: must be after opens_at (as stored, with this change)")
             raise ApiError(409, "INVALID_STATE")
         found = await svc.within_deadline(svc.engine.resource(resource_id))
         if found is None:  # cannot happen: resources are never deleted
             raise ApiError(404, "NOT_FOUND")
-        return decisions.json(state_of(found), 200, etag(found.version))  # type: ignore[return-value]
+        return decisions.json(state_of(found), 200, etag(found.version))

@@ -5,8 +5,10 @@ so Litestar validates bodies and parameters with msgspec before a handler
 runs, and the OpenAPI document carries the same rules. Bodies refuse unknown
 fields. Times are ISO-8601 strings in UTC with microseconds (`api.times`).
 
-The id rules mirror the Lua's (lua/resv.lua, `valid_resource_id`,
-`valid_id`): a body the API accepts is never refused as malformed there.
+The bounds are the Lua's (`resv.engine.limits`, read from lua/resv.lua):
+a body the API accepts is never refused as malformed there, and a value the
+Lua accepts is never refused here (tests/test_rule_book.py sends the
+boundary values both ways).
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from typing import Annotated, Literal
 from litestar.params import PathParameter, QueryParameter
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from resv.engine.codes import PublicCode
+from resv.engine.limits import MAX_ID, MAX_INT, MAX_RESOURCE_ID, MAX_TYPE, PRINTABLE, RESOURCE_ID_CHARS
+
 
 def _whole(char_class: str, low: int, high: int) -> str:
     # `$` alone also matches before a final newline in Python's re (msgspec
@@ -26,24 +31,23 @@ def _whole(char_class: str, low: int, high: int) -> str:
     return f"^{char_class}{{{low},{high}}}(?!\\n)$"
 
 
-RESOURCE_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+RESOURCE_ID = re.compile(f"[{RESOURCE_ID_CHARS}]{{1,{MAX_RESOURCE_ID}}}")
 """A resource id, for `fullmatch` where a type cannot check it (parts of ids)."""
+PRINTABLE_ID = re.compile(f"[{PRINTABLE}]{{1,{MAX_ID}}}")
+"""A client, request, reservation or entry id (headers: `fullmatch`)."""
 
-MAX_QUANTITY = 1_000_000
-"""API bound on one request's quantity (the Lua allows up to 1e9)."""
-MAX_INT = 1_000_000_000
-"""Capacities and limits: the Lua's bound."""
-
-RESOURCE_ID_PATTERN = _whole("[A-Za-z0-9_.-]", 1, 64)
-PRINTABLE_ID_PATTERN = _whole("[!-~]", 1, 128)
+RESOURCE_ID_PATTERN = _whole(f"[{RESOURCE_ID_CHARS}]", 1, MAX_RESOURCE_ID)
+PRINTABLE_ID_PATTERN = _whole(f"[{PRINTABLE}]", 1, MAX_ID)
+RESOURCE_ID_RULE = f"1-{MAX_RESOURCE_ID} characters of [{RESOURCE_ID_CHARS}]."
+PRINTABLE_ID_RULE = f"1-{MAX_ID} printable ASCII characters, no spaces."
 
 ResourceId = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=64,
+        max_length=MAX_RESOURCE_ID,
         pattern=RESOURCE_ID_PATTERN,
-        description="1-64 characters of [A-Za-z0-9_.-].",
+        description=RESOURCE_ID_RULE,
         examples=["concert-2026-11-24"],
     ),
 ]
@@ -51,9 +55,9 @@ PrintableId = Annotated[
     str,
     Meta(
         min_length=1,
-        max_length=128,
+        max_length=MAX_ID,
         pattern=PRINTABLE_ID_PATTERN,
-        description="1-128 printable ASCII characters, no spaces.",
+        description=PRINTABLE_ID_RULE,
     ),
 ]
 ClientId = Annotated[PrintableId, Meta(examples=["customer-42"])]
@@ -61,10 +65,10 @@ ReservationId = Annotated[PrintableId, Meta(examples=["concert-2026-11-24~17"])]
 EntryId = Annotated[PrintableId, Meta(examples=["concert-2026-11-24~w3"])]
 ResourceType = Annotated[
     str,
-    Meta(min_length=1, max_length=64, pattern=_whole("[!-~]", 1, 64), examples=["meetup"],
-         description="1-64 printable ASCII characters, no spaces (e.g. meetup, table, seat)."),
+    Meta(min_length=1, max_length=MAX_TYPE, pattern=_whole(f"[{PRINTABLE}]", 1, MAX_TYPE), examples=["meetup"],
+         description=f"1-{MAX_TYPE} printable ASCII characters, no spaces (e.g. meetup, table, seat)."),
 ]
-Quantity = Annotated[int, Meta(ge=1, le=MAX_QUANTITY)]
+Quantity = Annotated[int, Meta(ge=1, le=MAX_INT)]
 Capacity = Annotated[int, Meta(ge=0, le=MAX_INT)]
 Limit = Annotated[int, Meta(ge=1, le=MAX_INT)]
 MAX_NOTIFY_WINDOW_MS = 30 * 86_400_000
@@ -82,9 +86,9 @@ Timestamp = Annotated[
 
 # Query and path parameters: Litestar takes their constraints from the
 # parameter markers, not from msgspec's Meta.
-_RESOURCE_ID_RULES = {"min_length": 1, "max_length": 64, "pattern": RESOURCE_ID_PATTERN,
-                      "description": "1-64 characters of [A-Za-z0-9_.-]."}
-_PRINTABLE_ID_RULES = {"min_length": 1, "max_length": 128, "pattern": PRINTABLE_ID_PATTERN}
+_RESOURCE_ID_RULES = {"min_length": 1, "max_length": MAX_RESOURCE_ID, "pattern": RESOURCE_ID_PATTERN,
+                      "description": RESOURCE_ID_RULE}
+_PRINTABLE_ID_RULES = {"min_length": 1, "max_length": MAX_ID, "pattern": PRINTABLE_ID_PATTERN}
 ResourceIdQuery = Annotated[str, QueryParameter(**_RESOURCE_ID_RULES)]
 ResourceIdPath = Annotated[str, PathParameter(**_RESOURCE_ID_RULES)]
 ReservationIdPath = Annotated[str, PathParameter(
@@ -93,7 +97,6 @@ ResourceIdParam = ResourceIdPath  # the name api/ops.py imports
 EntryIdPath = Annotated[str, PathParameter(
     **_PRINTABLE_ID_RULES, description="As returned when the client joined (`<resource_id>~w<n>`).")]
 
-PublicCode = Literal["RESOURCE_FULL", "RESOURCE_CLOSED", "INVALID_STATE"]
 ErrorCode = Literal[
     "BAD_REQUEST",
     "UNAUTHORIZED",
@@ -106,6 +109,7 @@ ErrorCode = Literal[
     "VERSION_MISMATCH",
     "PRECONDITION_REQUIRED",
     "PAYLOAD_TOO_LARGE",
+    "HEADERS_TOO_LARGE",
     "RATE_LIMITED",
     "UNAVAILABLE",
     "INTERNAL",
@@ -292,11 +296,11 @@ class ArchiverLag(_Out, kw_only=True):
 
 class Readiness(_Out, kw_only=True, omit_defaults=True):
     status: Literal["ready", "unavailable"]
-    checks: dict[str, Literal["up", "down", "not_configured"]]
-    """redis (PING), library (the Lua functions loaded), state (the engine
-    state is not behind the audit), durability (the server keeps the
-    RESV_DURABILITY profile's settings), postgres (only when DATABASE_URL is
-    set)."""
+    checks: dict[str, Literal["up", "down", "not_configured"]] | None = None
+    """Operator key only: redis (PING), library (the Lua functions loaded),
+    state (the engine state is not behind the audit), durability (the server
+    keeps the RESV_DURABILITY profile's settings), audit (PostgreSQL, only
+    when DATABASE_URL is set; reported, not judged)."""
     archiver_lag: ArchiverLag | None = None
     """How far the audit is behind, over all partitions (when Redis is up).
     Reported, not judged: a lagging audit does not make the API unready."""

@@ -27,6 +27,7 @@ from resv.api.settings import ApiSettings
 from resv.engine import DurabilityError, Engine, EngineUnavailable, LibraryVersionError, PartitionsMismatch
 
 APP_FACTORY = "resv.api.app:app_from_env"
+EDGE_PROTOCOL = "resv.api.edge:BoundedHttpToolsProtocol"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
@@ -72,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def serve(target: str, *, factory: bool, host: str, port: int, workers: int, log_level: str = "info") -> None:
+def serve(target: str, *, factory: bool, host: str, port: int, workers: int, log_level: str = "info",
+          http: str = EDGE_PROTOCOL) -> None:
     """Runs the ASGI app `target` ("module:attribute") under uvicorn until
-    it stops."""
+    it stops. `http` is the connection protocol: the bounded edge by default
+    (api/edge.py), plain httptools for the benchmarks' bare app."""
     import uvicorn
 
     uvicorn.run(
@@ -84,7 +87,7 @@ def serve(target: str, *, factory: bool, host: str, port: int, workers: int, log
         port=port,
         workers=workers,
         loop=_loop(),
-        http=_http(),
+        http=http,  # bounded heads, read deadlines (api/edge.py)
         log_config=oplog.log_config(log_level),
         access_log=False,  # the operator log has one line per request
         server_header=False,
@@ -126,10 +129,3 @@ def _loop() -> str:
         return "asyncio"
     return "uvloop"
 
-
-def _http() -> str:
-    try:
-        import httptools  # noqa: F401
-    except ImportError:
-        return "h11"
-    return "httptools"

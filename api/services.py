@@ -10,6 +10,7 @@ from typing import Any
 
 from litestar import Request
 
+from resv.api.auth import KeyRing
 from resv.api.cache import AvailabilityCache
 from resv.api.deadline import Deadline
 from resv.api.settings import ApiSettings
@@ -23,6 +24,8 @@ class Services:
                  webhooks: WebhookStore | None = None) -> None:
         self.settings = settings
         self.engine = engine
+        self.keyring = KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)
+        """Who a caller is, on routes the key check skips (/ready's details)."""
         self.audit = audit
         """The audit's read side for the operator routes (resv.archiver.reads)."""
         self.webhooks = webhooks

@@ -55,6 +55,19 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
     GET /ready checks it."""
     max_body_bytes: int = 16 * 1024
     """RESV_MAX_BODY_BYTES: larger request bodies get 413."""
+    max_header_bytes: int = 16 * 1024
+    """RESV_MAX_HEADER_BYTES: the request line and headers of one request, in
+    all; larger heads get 431 and a closed connection (api/edge.py)."""
+    header_timeout_s: float = 5.0
+    """RESV_HEADER_TIMEOUT_S: a connection's request head must be complete
+    this long after it opened (or after a following request's first byte);
+    else the connection is closed."""
+    body_timeout_s: float = 10.0
+    """RESV_BODY_TIMEOUT_S: a request's body must be complete this long after
+    its head; else the connection is closed."""
+    max_json_depth: int = 32
+    """RESV_MAX_JSON_DEPTH: arrays and objects nested deeper in a JSON body
+    get 400 (no body the API takes nests more than 2)."""
     request_deadline_s: float = 3.0
     """RESV_REQUEST_DEADLINE_S: longest time one request waits for Redis
     (retries included) before answering 503."""
@@ -84,6 +97,10 @@ class ApiSettings(msgspec.Struct, frozen=True, kw_only=True):
             rate_limit=_int(env, "RESV_RATE_LIMIT", None, low=1),
             database_url=env.get("DATABASE_URL") or None,
             max_body_bytes=_int(env, "RESV_MAX_BODY_BYTES", 16 * 1024, low=256),
+            max_header_bytes=_int(env, "RESV_MAX_HEADER_BYTES", 16 * 1024, low=1024),
+            header_timeout_s=_float(env, "RESV_HEADER_TIMEOUT_S", 5.0, low=0.1),
+            body_timeout_s=_float(env, "RESV_BODY_TIMEOUT_S", 10.0, low=0.1),
+            max_json_depth=_int(env, "RESV_MAX_JSON_DEPTH", 32, low=2),
             request_deadline_s=_float(env, "RESV_REQUEST_DEADLINE_S", 3.0, low=0.1),
             console_sign_in_limit=_int(env, "RESV_CONSOLE_SIGN_IN_LIMIT", 10, low=0),
             bench_echo=_flag(env, "RESV_BENCH_ECHO"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.openapi import ResponseSpec
 
 from resv.api import decisions, docs
 from resv.api.auth import actor_of
@@ -28,6 +29,8 @@ from resv.api.schemas import (
 from resv.api.services import services
 from resv.api.times import iso_or_none
 from resv.engine import keys
+from resv.engine.codes import Reason
+from resv.engine.types import WaitlistLeaveRejected, WaitlistRejected
 
 _REJECTED = (
     "Rejected by the engine: `code` is RESOURCE_CLOSED (closed, or past its closing time) or "
@@ -46,7 +49,9 @@ class WaitlistController(Controller):
     security = docs.SECURED
 
     @post("/join", operation_id="joinWaitingList", status_code=201,
-          responses=docs.errors(400, 413, rejection=_REJECTED))
+          responses={**docs.errors(400, 413, rejection=_REJECTED), 200: ResponseSpec(
+              data_container=WaitlistEntryOut, generate_examples=False,
+              description="The client already has an entry (WAITING or NOTIFIED): that entry, unchanged.")})
     async def join(
         self, request: Request[Any, Any, Any], data: StrictJSON[WaitlistJoinRequest]
     ) -> Response[WaitlistEntryOut]:
@@ -57,9 +62,9 @@ class WaitlistController(Controller):
         decision = await svc.within_deadline(
             svc.engine.join_waitlist(body.resource_id, body.client_id, body.quantity, actor=actor_of(request.scope)))
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            return decisions.rejection(decision)  # type: ignore[return-value]
-        return decisions.json(decisions.waitlist_entry(decision), 201 if decision.created else 200)  # type: ignore[return-value]
+        if isinstance(decision, WaitlistRejected):
+            return decisions.rejection(decision)
+        return decisions.json(decisions.waitlist_entry(decision), 201 if decision.created else 200)
 
     @get("/{entry_id:str}", operation_id="getWaitingListEntry", responses=docs.errors(400, 404))
     async def entry(self, request: Request[Any, Any, Any], entry_id: EntryIdPath) -> WaitlistEntryOut:
@@ -94,8 +99,8 @@ class WaitlistController(Controller):
         if decision is None:
             raise ApiError(404, "NOT_FOUND")
         decisions.record(request.scope, decision)
-        if decision.decision != "CONFIRMED":
-            if decision.reason == "UNKNOWN_ENTRY":
+        if isinstance(decision, WaitlistLeaveRejected):
+            if decision.reason == Reason.UNKNOWN_ENTRY:
                 raise ApiError(404, "NOT_FOUND")
-            return decisions.rejection(decision)  # type: ignore[return-value]
+            return decisions.rejection(decision)  # type: ignore[return-value]  # a 409 body, not an entry
         return decisions.waitlist_entry(decision)

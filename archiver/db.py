@@ -10,13 +10,16 @@ from resv.archiver.store import CREATE_STAGING
 
 
 async def open_pool(database_url: str, *, for_archiver: bool = False, max_size: int = 4,
-                    timeout: float = 5.0, check: bool = True) -> AsyncConnectionPool:
+                    timeout: float = 5.0, check: bool = True, autocommit: bool = False) -> AsyncConnectionPool:
     """A pool whose connections are checked before each use, so a PostgreSQL
     restart costs no failed request. for_archiver: each connection gets the
     archiver's staging tables (the schema must be migrated first).
     timeout: how long a caller waits for a connection before PoolTimeout.
     check=False: no check (one round trip less per use) for callers that
-    retry a failed statement anyway (the notifier)."""
+    retry a failed statement anyway (the notifier).
+    autocommit=True: each statement its own transaction, one round trip
+    instead of three (BEGIN, the statement, COMMIT), for callers whose every
+    statement stands alone (the notifier)."""
     pool = AsyncConnectionPool(
         database_url,
         min_size=1,
@@ -26,6 +29,7 @@ async def open_pool(database_url: str, *, for_archiver: bool = False, max_size: 
         check=AsyncConnectionPool.check_connection if check else None,
         configure=_prepare_archiver_connection if for_archiver else None,
         name="resv-archiver" if for_archiver else "resv-audit",
+        kwargs={"autocommit": True} if autocommit else None,
     )
     await pool.open(wait=False)
     return pool

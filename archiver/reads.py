@@ -118,9 +118,10 @@ class AuditReader:
         return await resource_timeline(await self.streams(), self.pool, resource_id, self.partitions,
                                        after=after, limit=limit)
 
-    async def request_decisions(self, request_id: str, *, resource_id: str | None = None) -> RequestDecisions:
+    async def request_decisions(self, request_id: str, *, resource_id: str | None = None,
+                                after: str | None = None, limit: int = 100) -> RequestDecisions:
         return await request_decisions(await self.streams(), self.pool, request_id, self.partitions,
-                                       resource_id=resource_id)
+                                       resource_id=resource_id, after=after, limit=limit)
 
     async def marks(self) -> dict[int, AuditMark]:
         """The audit marks the engine's state-loss guard compares with

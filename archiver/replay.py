@@ -38,7 +38,9 @@ from redis.asyncio import Redis
 from resv.archiver.store import parse_int
 from resv.archiver.timeline import TimelineEvent
 from resv.engine import library_source
-from resv.engine.keys import prefix, stream_key
+from resv.engine.codes import CONSEQUENCES, FUNCTION_OF, RECORDED, EventType, Reason
+from resv.engine.keys import request_key_in, resource_keys_in, stream_key, waitlist_keys_in
+from resv.engine.limits import MAX_IDEMPOTENCY_TTL_MS
 
 CLOCK_KEY = "resv:replay:clock"
 CLOCK_BEGIN = "-- @clock-begin"
@@ -49,8 +51,6 @@ local function server_now()
 end
 {CLOCK_END}"""
 
-CONSEQUENCES = frozenset({"WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_EXPIRED"})
-MAX_TTL_MS = 365 * 86_400_000  # the longest idempotency ttl resv_reserve accepts
 RULES = ("type", "capacity", "state", "opens_at", "closes_at", "waitlist_enabled",
          "max_per_request", "max_per_client", "notify_window_ms")
 # Columns of `events` compared with the replayed entry (as parsed from it).
@@ -114,18 +114,6 @@ async def load_replay_library(scratch: Redis, source: str) -> None:
     await scratch.execute_command("FUNCTION", "LOAD", "REPLACE", replay_source(source))
 
 
-def resource_keys_at(partition: int, rid: str) -> tuple[str, ...]:
-    """The six resource keys in a given partition (the logged one)."""
-    p = prefix(partition)
-    return (f"{p}res:{rid}", f"{p}bk:{rid}", f"{p}cl:{rid}", f"{p}wl:{rid}", f"{p}we:{rid}", f"{p}events")
-
-
-def waitlist_keys_at(partition: int, rid: str) -> tuple[str, ...]:
-    """The three waiting-list keys (after the others in a write call)."""
-    p = prefix(partition)
-    return (f"{p}wq:{rid}", f"{p}wn:{rid}", f"{p}notified")
-
-
 class Planner:
     """Turns a partition's logged events, in stream order, into calls.
 
@@ -158,12 +146,13 @@ class Planner:
         f = e.fields
         rid = f.get("resource_id", "")
         t = e.type or ""
+        function = FUNCTION_OF.get(t)
         g = lambda name: f.get(name, "")
         lib = parse_int(f.get("lib")) or 1
         # Release 1's write calls take the six resource keys; later ones
         # also take the waiting-list keys (KEYS[7..9], after the request key).
-        wl = () if lib == 1 else waitlist_keys_at(partition, rid)
-        ks = resource_keys_at(partition, rid) + wl
+        wl = () if lib == 1 else waitlist_keys_in(partition, rid)
+        ks = resource_keys_in(partition, rid) + wl
         actor = f.get("actor")
         # re-issued as it was asked: the actor where the contract puts it
         # (a pair in resv_configure, ARGV[9] of resv_create, the trailing
@@ -183,35 +172,37 @@ class Planner:
             return self._unplayable(group, "a consequence with no decision before it")
         if not rid:
             return self._unplayable(group, "no resource_id")
-        if t == "RESOURCE_CREATED":
+        if function is None:
+            return self._unplayable(group, f"no call logs a {t or 'typeless'} event")
+        if t == EventType.RESOURCE_CREATED:
             self._rules_seen(f)
             rules = (g("resource_type"), g("capacity"), g("opens_at"), g("closes_at"),
                      g("waitlist_enabled") or "0", g("max_per_request"), g("max_per_client"))
             if lib == 1:
-                return call("resv_create", *rules)
-            return call("resv_create", *rules, actor or "", g("notify_window_ms"), tail=False)
-        if t == "RESOURCE_REJECTED":
+                return call(function, *rules)
+            return call(function, *rules, actor or "", g("notify_window_ms"), tail=False)
+        if t == EventType.RESOURCE_REJECTED:
             # ALREADY_EXISTS depends on existence only; the attempted rules are not logged.
-            return call("resv_create", "replay", "0", "", "", "0", "", "")
-        if t == "RULES_CHANGED":
+            return call(function, "replay", "0", "", "", "0", "", "")
+        if t == EventType.RULES_CHANGED:
             self._rules_seen(f)
             version = parse_int(f.get("version")) or 1
             # release 1 had no notify window rule
             rules = [r for r in RULES if lib > 1 or r != "notify_window_ms"]
             pairs = [x for rule in rules for x in (rule, g("resource_type" if rule == "type" else rule))]
-            return call("resv_configure", str(version - 1), *pairs)
-        if t == "RULES_REJECTED":
+            return call(function, str(version - 1), *pairs)
+        if t == EventType.RULES_REJECTED:
             return self._rejected_configure(f, call)
-        if t.startswith("RESERVATION_") and t != "RESERVATION_CANCELLED":
+        if function == "resv_reserve":
             return self._reserve(partition, e, call, wl)
-        if t in ("RESERVATION_CANCELLED", "CANCEL_REPLAYED", "CANCEL_REJECTED"):
-            return call("resv_cancel", g("reservation_id"))
-        if t in ("WAITLIST_JOINED", "WAITLIST_JOIN_REPLAYED", "WAITLIST_REJECTED"):
-            return call("resv_wl_join", g("client_id"), g("quantity"))
-        if t in ("WAITLIST_LEFT", "WAITLIST_LEAVE_REPLAYED", "WAITLIST_LEAVE_REJECTED"):
-            return call("resv_wl_leave", g("entry_id"))
-        if t == "WAITLIST_SWEPT":
-            return call("resv_wl_sweep")
+        if function == "resv_cancel":
+            return call(function, g("reservation_id"))
+        if function == "resv_wl_join":
+            return call(function, g("client_id"), g("quantity"))
+        if function == "resv_wl_leave":
+            return call(function, g("entry_id"))
+        if function == "resv_wl_sweep":
+            return call(function)
         return self._unplayable(group, f"no call logs a {t or 'typeless'} event")
 
     @staticmethod
@@ -234,12 +225,12 @@ class Planner:
         requested = _pairs(f.get("requested"))
         if expected is not None and requested:
             return call("resv_configure", expected, *requested)
-        if reason == "UNKNOWN_RESOURCE":  # refused whatever was asked
+        if reason == Reason.UNKNOWN_RESOURCE:  # refused whatever was asked
             return call("resv_configure", expected or "0", *(requested or ["state", "OPEN"]))
-        if reason == "VERSION_MISMATCH":
+        if reason == Reason.VERSION_MISMATCH:
             stale = expected or str((version or 0) + 1)
             return call("resv_configure", stale, *(requested or ["state", "OPEN"]), inferred=expected is None)
-        if reason == "CAPACITY_BELOW_RESERVED":
+        if reason == Reason.CAPACITY_BELOW_RESERVED:
             capacity = self.capacity.get(f.get("resource_id", ""), 0)
             reserved = capacity - (parse_int(f.get("remaining")) or 0)
             return call("resv_configure", expected or str(version or 0),
@@ -250,7 +241,13 @@ class Planner:
     def _reserve(self, partition: int, e: TimelineEvent, call, wl: tuple[str, ...]) -> Call:
         f = e.fields
         rid, request_id = f.get("resource_id", ""), f.get("request_id", "")
-        req_key = f"{prefix(partition)}req:{rid}:{request_id}"
+        # From release 3 an actor scopes the request id, and the call reads
+        # the unscoped record too (KEYS[11]: one an earlier release wrote),
+        # unless a release-2 process made the call (request_scope=resource)
+        scoped = (parse_int(f.get("lib")) or 1) >= 3 and f.get("request_scope") != "resource"
+        actor = f.get("actor") if scoped else None
+        req_key = request_key_in(partition, rid, request_id, actor)
+        unscoped = (request_key_in(partition, rid, request_id),) if actor else ()
         ts = e.ts or 0
         expire: tuple[str, ...] = ()
         if req_key in self.expires and self.expires[req_key] <= ts:
@@ -259,15 +256,18 @@ class Planner:
         # The Lua records the decision under the request id unless it was a
         # replay or a refused reuse of the id.
         logged_ttl = parse_int(f.get("idempotency_ttl_ms"))
-        if e.type in ("RESERVATION_CONFIRMED", "RESERVATION_REJECTED") and f.get("reason") != "REQUEST_ID_REUSED":
+        # (UNKNOWN_RESOURCE leaves none since release 3: it logs no ttl then)
+        reason = f.get("reason")
+        if (e.type in RECORDED and reason != Reason.REQUEST_ID_REUSED
+                and (reason != Reason.UNKNOWN_RESOURCE or logged_ttl is not None)):
             self.expires[req_key] = ts + (logged_ttl or self.default_ttl_ms) * 1000
         # The logged ttl is passed again (it is part of the logged decision);
         # the record's real-time expiry never matters, the planner expires it
         # at the recorded time. Events from before the ttl was logged get the
         # longest ttl, for the same reason.
-        ttl = str(logged_ttl or MAX_TTL_MS)
+        ttl = str(logged_ttl or MAX_IDEMPOTENCY_TTL_MS)
         return call("resv_reserve", f.get("client_id", ""), f.get("quantity", ""), request_id, ttl,
-                    keys=(*resource_keys_at(partition, rid), req_key, *wl),
+                    keys=(*resource_keys_in(partition, rid), req_key, *wl, *unscoped),
                     expire=expire)
 
 

@@ -56,7 +56,7 @@ from resv.engine import (
     new_deployment_id,
     read_records,
 )
-from resv.engine.keys import stream_key
+from resv.engine.keys import PARTITION_KEYS_GLOB, is_stream_key, stream_key
 
 _ENGINE_MADE = re.compile(r"resv:\{p(\d+)\}:(events|deployment)")
 
@@ -149,8 +149,8 @@ def _micros(t: tuple[int, int]) -> int:
 async def _copy_state(scratch: Redis, target: Redis, expires: dict[str, int], now_us: int,
                       report: RestoreReport) -> None:
     pipe = target.pipeline(transaction=False)
-    async for key in scratch.scan_iter(match="resv:{p*", count=1000):
-        if key.endswith(":events") or key == CLOCK_KEY:
+    async for key in scratch.scan_iter(match=PARTITION_KEYS_GLOB, count=1000):
+        if is_stream_key(key) or key == CLOCK_KEY:
             continue
         kind = await scratch.type(key)
         if kind == "hash":

@@ -61,15 +61,18 @@ def run(args: argparse.Namespace) -> int:
                              engine_settings=engine_settings))
 
 
-async def _open_redis(redis_url: str, settings: Settings) -> tuple[Redis, Settings]:
+async def _open_redis(redis_url: str, settings: Settings, *, wait: bool = True) -> tuple[Redis, Settings]:
     """The streams' client: redis-py's cluster client on a Redis Cluster
-    (RESV_REDIS_CLUSTER; auto asks the server, and waits for it to answer)."""
+    (RESV_REDIS_CLUSTER; auto asks the server, and waits for it to answer,
+    unless `wait` is false: `--once` fails at once instead)."""
     while True:
         try:
             return await open_client(redis_url, settings, socket_timeout=10, socket_connect_timeout=2)  # type: ignore[return-value]
         except ValueError:
             raise
         except Exception as exc:
+            if not wait:
+                raise
             log.warning("archiver: Redis does not answer (%s: %s); asking again in 1 s", type(exc).__name__, exc)
             await asyncio.sleep(1.0)
 
@@ -91,7 +94,7 @@ async def serve(redis_url: str, database_url: str, partitions: int, settings: Ar
     if settings.metrics_port:
         start_http_server(settings.metrics_port, registry=metrics.registry)
     engine_settings = engine_settings or Settings(partitions=partitions)
-    redis, engine_settings = await _open_redis(redis_url, engine_settings)
+    redis, engine_settings = await _open_redis(redis_url, engine_settings, wait=not once)
     partitions = engine_settings.partitions  # a cluster's default when RESV_PARTITIONS is unset
     pool = None
     # the sweep's commits go through the engine, like every other commit

@@ -33,6 +33,7 @@ from psycopg.pq import Format
 
 from resv.archiver.marks import record_marks
 from resv.archiver.streams import Entry
+from resv.engine.codes import EventType as E
 
 Checkpoint = Callable[[str], None]
 
@@ -70,6 +71,11 @@ _COPY_CONFIRMED = """COPY reservations (reservation_id, resource_id, partition, 
                      FROM STDIN (FORMAT BINARY)"""
 _CONFIRMED_TYPES = ("text", "text", "int4", "text", "int8", "text", "text", "int8", "int8")
 
+def sql(*types: E) -> str:
+    """Event types as SQL literals, for `type = ...` and `type IN (...)`."""
+    return ", ".join(f"'{t.value}'" for t in types)
+
+
 _INSERT_EVENTS = f"""
 INSERT INTO events ({', '.join(EVENT_COLUMNS)})
 SELECT {', '.join(EVENT_COLUMNS)} FROM archiver_staging
@@ -79,7 +85,7 @@ ON CONFLICT (partition, stream_id) DO NOTHING
 # Rules: the newest RESOURCE_CREATED / RULES_CHANGED of each resource. A new
 # row also takes that event's version and remaining (the next statement moves
 # them on to the newest event).
-_PROJECT_RULES = """
+_PROJECT_RULES = f"""
 INSERT INTO resources AS r (resource_id, partition, resource_type, capacity, state, opens_at,
                             closes_at, waitlist_enabled, max_per_request, max_per_client,
                             notify_window_ms, rules_version, rules_ms, rules_seq, version, remaining,
@@ -90,10 +96,10 @@ SELECT DISTINCT ON (resource_id)
        fields->>'waitlist_enabled' = '1', resv_int(fields->>'max_per_request'),
        resv_int(fields->>'max_per_client'), resv_int(fields->>'notify_window_ms'),
        version, ms, seq, version, remaining,
-       resv_time(min(ts_us) FILTER (WHERE type = 'RESOURCE_CREATED') OVER (PARTITION BY resource_id)),
+       resv_time(min(ts_us) FILTER (WHERE type = {sql(E.RESOURCE_CREATED)}) OVER (PARTITION BY resource_id)),
        resv_time(ts_us), ms, seq
 FROM archiver_staging
-WHERE type IN ('RESOURCE_CREATED', 'RULES_CHANGED') AND resource_id IS NOT NULL
+WHERE type IN ({sql(E.RESOURCE_CREATED, E.RULES_CHANGED)}) AND resource_id IS NOT NULL
 ORDER BY resource_id, ms DESC, seq DESC
 ON CONFLICT (resource_id) DO UPDATE SET
     resource_type = excluded.resource_type, capacity = excluded.capacity,
@@ -121,25 +127,25 @@ WHERE (r.last_ms, r.last_seq) < (excluded.last_ms, excluded.last_seq)
 
 # A reservation is confirmed once and cancelled at most once: the two facts
 # merge in either order (a cancellation carries the reservation's fields).
-_PROJECT_CONFIRMED = """
+_PROJECT_CONFIRMED = f"""
 INSERT INTO reservations AS b (reservation_id, resource_id, partition, client_id, quantity,
                                request_id, status, version, confirmed_us)
 SELECT DISTINCT ON (reservation_id) reservation_id, resource_id, partition, client_id, quantity,
        request_id, 'CONFIRMED', version, ts_us
 FROM archiver_staging
-WHERE type = 'RESERVATION_CONFIRMED' AND reservation_id IS NOT NULL AND resource_id IS NOT NULL
+WHERE type = {sql(E.RESERVATION_CONFIRMED)} AND reservation_id IS NOT NULL AND resource_id IS NOT NULL
 ORDER BY reservation_id, ms, seq
 ON CONFLICT (reservation_id) DO UPDATE SET version = excluded.version
 WHERE b.version IS NULL
 """
 
-_PROJECT_CANCELLED = """
+_PROJECT_CANCELLED = f"""
 INSERT INTO reservations AS b (reservation_id, resource_id, partition, client_id, quantity,
                                request_id, status, confirmed_us, cancelled_us)
 SELECT DISTINCT ON (reservation_id) reservation_id, resource_id, partition, client_id, quantity,
        request_id, 'CANCELLED', resv_int(fields->>'confirmed_at'), ts_us
 FROM archiver_staging
-WHERE type = 'RESERVATION_CANCELLED' AND reservation_id IS NOT NULL AND resource_id IS NOT NULL
+WHERE type = {sql(E.RESERVATION_CANCELLED)} AND reservation_id IS NOT NULL AND resource_id IS NOT NULL
 ORDER BY reservation_id, ms, seq
 ON CONFLICT (reservation_id) DO UPDATE SET status = 'CANCELLED', cancelled_us = excluded.cancelled_us
 WHERE b.status <> 'CANCELLED'
@@ -147,27 +153,27 @@ WHERE b.status <> 'CANCELLED'
 
 # Waiting-list entries: status from the newest event; each time from the
 # event that sets it (or from the entry fields a WAITLIST_LEFT carries).
-_PROJECT_WAITLIST = """
+_PROJECT_WAITLIST = f"""
 INSERT INTO waitlist_entries AS w (entry_id, resource_id, partition, client_id, quantity, status,
                                    reservation_id, joined_at, notified_at, fulfilled_at,
                                    left_at, expires_at, expired_at, last_ms, last_seq)
 SELECT DISTINCT ON (entry_id)
        entry_id, resource_id, partition, client_id, quantity,
-       CASE type WHEN 'WAITLIST_JOINED' THEN 'WAITING' WHEN 'WAITLIST_NOTIFIED' THEN 'NOTIFIED'
-                 WHEN 'WAITLIST_FULFILLED' THEN 'FULFILLED' WHEN 'WAITLIST_EXPIRED' THEN 'EXPIRED'
+       CASE type WHEN {sql(E.WAITLIST_JOINED)} THEN 'WAITING' WHEN {sql(E.WAITLIST_NOTIFIED)} THEN 'NOTIFIED'
+                 WHEN {sql(E.WAITLIST_FULFILLED)} THEN 'FULFILLED' WHEN {sql(E.WAITLIST_EXPIRED)} THEN 'EXPIRED'
                  ELSE 'LEFT' END,
        max(reservation_id) OVER e,
        resv_time(min(resv_int(fields->>'joined_at')) OVER e),
        resv_time(min(coalesce(resv_int(fields->>'notified_at'),
-                              CASE WHEN type = 'WAITLIST_NOTIFIED' THEN ts_us END)) OVER e),
-       resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_FULFILLED') OVER e),
-       resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_LEFT') OVER e),
-       resv_time(max(resv_int(fields->>'expires_at')) FILTER (WHERE type = 'WAITLIST_NOTIFIED') OVER e),
-       resv_time(min(ts_us) FILTER (WHERE type = 'WAITLIST_EXPIRED') OVER e),
+                              CASE WHEN type = {sql(E.WAITLIST_NOTIFIED)} THEN ts_us END)) OVER e),
+       resv_time(min(ts_us) FILTER (WHERE type = {sql(E.WAITLIST_FULFILLED)}) OVER e),
+       resv_time(min(ts_us) FILTER (WHERE type = {sql(E.WAITLIST_LEFT)}) OVER e),
+       resv_time(max(resv_int(fields->>'expires_at')) FILTER (WHERE type = {sql(E.WAITLIST_NOTIFIED)}) OVER e),
+       resv_time(min(ts_us) FILTER (WHERE type = {sql(E.WAITLIST_EXPIRED)}) OVER e),
        ms, seq
 FROM archiver_staging
-WHERE type IN ('WAITLIST_JOINED', 'WAITLIST_NOTIFIED', 'WAITLIST_FULFILLED', 'WAITLIST_LEFT',
-               'WAITLIST_EXPIRED')
+WHERE type IN ({sql(E.WAITLIST_JOINED, E.WAITLIST_NOTIFIED, E.WAITLIST_FULFILLED, E.WAITLIST_LEFT,
+                    E.WAITLIST_EXPIRED)})
   AND entry_id IS NOT NULL AND resource_id IS NOT NULL
 WINDOW e AS (PARTITION BY entry_id)
 ORDER BY entry_id, ms DESC, seq DESC
@@ -188,8 +194,8 @@ ON CONFLICT (entry_id) DO UPDATE SET
 
 _PROJECTIONS = (_PROJECT_RULES, _PROJECT_COUNTERS, _PROJECT_CANCELLED, _PROJECT_WAITLIST)
 _PROJECTED_TYPES = frozenset({
-    "RESOURCE_CREATED", "RULES_CHANGED", "RESERVATION_CANCELLED",
-    "WAITLIST_JOINED", "WAITLIST_NOTIFIED", "WAITLIST_FULFILLED", "WAITLIST_LEFT", "WAITLIST_EXPIRED",
+    E.RESOURCE_CREATED, E.RULES_CHANGED, E.RESERVATION_CANCELLED,
+    E.WAITLIST_JOINED, E.WAITLIST_NOTIFIED, E.WAITLIST_FULFILLED, E.WAITLIST_LEFT, E.WAITLIST_EXPIRED,
 })
 
 _encode = msgspec.json.Encoder().encode
@@ -266,7 +272,7 @@ def _confirmed_rows(rows: list[Row]) -> list[Row]:
         (r[_RESERVATION], r[_RESOURCE], r[_P], r[_CLIENT], r[_QTY], r[_REQUEST], "CONFIRMED",
          r[_VERSION], r[_TS])
         for r in rows
-        if r[_TYPE] == "RESERVATION_CONFIRMED" and r[_RESERVATION] and r[_RESOURCE]
+        if r[_TYPE] == E.RESERVATION_CONFIRMED and r[_RESERVATION] and r[_RESOURCE]
     ]
 
 

@@ -94,6 +94,8 @@ class RequestDecision(msgspec.Struct, kw_only=True):
 class RequestDecisions(msgspec.Struct, kw_only=True):
     request_id: str
     decisions: list[RequestDecision]
+    next: str | None = None
+    """Cursor of the following page (pass as `after`); null at the end."""
 
 
 # ------------------------------------------------------------------ cursors
@@ -205,66 +207,141 @@ async def request_decisions(
     partitions: int,
     *,
     resource_id: str | None = None,
+    after: str | None = None,
+    limit: int = 100,
 ) -> RequestDecisions:
     """Every event logged for this request id (its decision, the replays of
     a retried request, a rejected reuse), each with its place in its
-    resource's order. Request ids are per resource: give resource_id to look
+    resource's order, oldest first, `limit` per page (`next` for the
+    following one). Request ids are per resource: give resource_id to look
     in its partition only (otherwise every partition's unarchived tail is
-    scanned)."""
+    read).
+
+    Cost: each partition's unarchived stream (all of it without PostgreSQL)
+    is read once, counting every resource's decisions on the way, so a
+    position costs nothing more; archived positions are index counts in
+    PostgreSQL. Nothing is read again per returned decision."""
+    limit = max(1, min(limit, MAX_LIMIT))
+    after_key = _decode_place(after) if after else None
     parts = [partition_of(resource_id, partitions)] if resource_id else list(range(partitions))
     marks = await archived_marks(redis, parts)
     if pool is None:
         marks = {p: ("0-0", end) for p, (_, end) in marks.items()}
 
-    def wanted(f: dict[str, str]) -> bool:
-        return f.get("request_id") == request_id and (resource_id is None or f.get("resource_id") == resource_id)
-
-    found: list[TimelineEvent] = []
+    found: dict[tuple[int, str], RequestDecision] = {}
+    first_read: dict[int, tuple[int, int]] = {}
     for p, (mark, end) in marks.items():
-        found += await scan_stream(redis, p, mark, end, None, wanted)
+        events, first = await _scan_for_request(redis, p, mark, end, request_id, resource_id)
+        first_read[p] = first
+        for event, position_in_tail in events:
+            found[(p, event.stream_id)] = RequestDecision(partition=p, stream_id=event.stream_id,
+                                                          position=position_in_tail, event=event)
     if pool is not None:
-        sql = _SELECT + "WHERE request_id = %s"
-        args: tuple[Any, ...] = (request_id,)
-        if resource_id:
-            sql += " AND resource_id = %s"
-            args += (resource_id,)
-        archived = [
-            e for e in await _query(pool, sql, args)
-            if e.partition in marks and e.order <= parse_id(marks[e.partition][1])
-        ]
-        found = merge_events(archived, found)
-    decisions = []
-    for event in found:
-        if event.resource_id:
-            position = await _position(redis, pool, event, marks[event.partition][0])
-            decisions.append(RequestDecision(partition=event.partition, stream_id=event.stream_id,
-                                             position=position, event=event))
-    return RequestDecisions(request_id=request_id, decisions=decisions)
+        await _archived_positions(pool, request_id, resource_id, marks, first_read, found)
+    ordered = sorted(found.values(), key=lambda d: (d.event.order, d.partition))
+    if after_key is not None:
+        ordered = [d for d in ordered if (d.event.order, d.partition) > after_key]
+    more = len(ordered) > limit
+    page = ordered[:limit]
+    return RequestDecisions(request_id=request_id, decisions=page,
+                            next=_encode_place(page[-1]) if more else None)
 
 
-async def _position(redis: Redis, pool: AsyncConnectionPool | None, event: TimelineEvent, mark: str) -> int:
-    """1-based rank of `event` among its resource's decision events: those
-    below the mark counted in PostgreSQL, the others by stream id, from the
-    stream and from PostgreSQL (an entry may be trimmed meanwhile)."""
-    rid = event.resource_id
+async def _scan_for_request(redis: Redis, partition: int, mark: str, end: str, request_id: str,
+                            resource_id: str | None) -> tuple[list[tuple[TimelineEvent, int]], tuple[int, int]]:
+    """One pass over [mark, end]: the request's events, each with the number
+    of its resource's decisions in the pass up to it (itself included), and
+    the first stream id read (entries below it were trimmed, if any)."""
+    out: list[tuple[TimelineEvent, int]] = []
+    counts: dict[str, int] = {}
+    first = parse_id(next_id(end)) if end != "0-0" else (0, 1)
+    if end == "0-0" or parse_id(mark) > parse_id(end):
+        return out, first
+    key = stream_key(partition)
+    cursor = mark
+    while True:
+        chunk = await redis.xrange(key, cursor, end, count=_SCAN_CHUNK)
+        if chunk and cursor == mark:
+            first = parse_id(chunk[0][0])
+        for stream_id, fields in chunk:
+            rid = fields.get("resource_id")
+            if rid is None or (resource_id is not None and rid != resource_id):
+                continue
+            if "decision" in fields:
+                counts[rid] = counts.get(rid, 0) + 1
+            if fields.get("request_id") == request_id:
+                out.append((event_from_entry(partition, stream_id, fields), counts.get(rid, 0)))
+        if len(chunk) < _SCAN_CHUNK:
+            return out, first
+        cursor = next_id(chunk[-1][0])
 
-    def is_decision(f: dict[str, str]) -> bool:
-        return f.get("resource_id") == rid and "decision" in f
 
-    ids = {e.stream_id for e in await scan_stream(redis, event.partition, mark, event.stream_id, None, is_decision)}
-    below = 0
-    if pool is not None:
-        m = parse_id(mark)
-        rows = await _fetch(
-            pool,
-            "SELECT count(*) FILTER (WHERE (ms, seq) < (%s, %s)), "
-            "       array_agg(stream_id) FILTER (WHERE (ms, seq) >= (%s, %s)) "
-            "FROM events WHERE resource_id = %s AND decision IS NOT NULL AND (ms, seq) <= (%s, %s)",
-            (*m, *m, rid, *event.order),
-        )
-        below, recent = rows[0]
-        ids |= set(recent or ())
-    return below + len(ids)
+async def _archived_positions(pool: AsyncConnectionPool, request_id: str, resource_id: str | None,
+                              marks: dict[int, tuple[str, str]], first_read: dict[int, tuple[int, int]],
+                              found: dict[tuple[int, str], RequestDecision]) -> None:
+    """Adds the archived events of the request and completes every position
+    with what PostgreSQL holds: decisions below the mark (an index count per
+    resource) and, at or above it, archived decisions the stream no longer
+    has (trimmed meanwhile)."""
+    sql = _SELECT + "WHERE request_id = %s"
+    args: tuple[Any, ...] = (request_id,)
+    if resource_id:
+        sql += " AND resource_id = %s"
+        args += (resource_id,)
+    archived = [e for e in await _query(pool, sql + " LIMIT %s", (*args, 10 * MAX_LIMIT))
+                if e.partition in marks and e.order <= parse_id(marks[e.partition][1])]
+    rows = await _fetch(
+        pool,
+        # each archived event's rank among its resource's decisions, by index
+        "SELECT e.partition, e.stream_id, (SELECT count(*) FROM events d WHERE d.resource_id = e.resource_id "
+        "AND d.decision IS NOT NULL AND (d.ms, d.seq) <= (e.ms, e.seq)) "
+        "FROM events e WHERE e.partition = ANY(%s) AND e.stream_id = ANY(%s)",
+        ([e.partition for e in archived], [e.stream_id for e in archived]),
+    ) if archived else []
+    archived_rank = {(p, sid): rank for p, sid, rank in rows}
+    below_mark: dict[tuple[int, str], tuple[int, set[str]]] = {}
+    for (p, sid), d in list(found.items()):
+        rid = d.event.resource_id or ""
+        if (p, rid) not in below_mark:
+            mark, end = marks[p]
+            m, e = parse_id(mark), parse_id(end)
+            count_rows = await _fetch(
+                pool,
+                "SELECT count(*) FILTER (WHERE (ms, seq) < (%s, %s)), "
+                "       array_agg(stream_id) FILTER (WHERE (ms, seq) >= (%s, %s)) "
+                "FROM events WHERE resource_id = %s AND decision IS NOT NULL AND (ms, seq) <= (%s, %s)",
+                (*m, *m, rid, *e),
+            )
+            below, recent = count_rows[0]
+            below_mark[(p, rid)] = (below, set(recent or ()))
+        below, recent = below_mark[(p, rid)]
+        # archived at or above the mark but trimmed before the pass read them
+        trimmed = sum(1 for x in recent if parse_id(x) < first_read[p] and parse_id(x) <= d.event.order)
+        d.position = below + trimmed + d.position
+    for e in archived:
+        if (e.partition, e.stream_id) not in found:
+            found[(e.partition, e.stream_id)] = RequestDecision(
+                partition=e.partition, stream_id=e.stream_id,
+                position=archived_rank.get((e.partition, e.stream_id), 0), event=e)
+        else:
+            found[(e.partition, e.stream_id)].event = e  # the archived row wins, as in merge_events
+
+
+def _encode_place(d: RequestDecision) -> str:
+    return encode_cursor(f"{d.partition}/{d.stream_id}")
+
+
+def _decode_place(cursor: str) -> tuple[tuple[int, int], int]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        part, _, sid = raw.partition("/")
+        ms, seq = parse_id(sid)
+        p = int(part)
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise InvalidCursor(f"invalid cursor {cursor!r}") from None
+    if p < 0 or ms < 0 or seq < 0 or raw != f"{p}/{ms}-{seq}":
+        raise InvalidCursor(f"invalid cursor {cursor!r}")
+    return (ms, seq), p
 
 
 # ------------------------------------------------------------------ helpers

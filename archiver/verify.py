@@ -19,7 +19,6 @@ read (or on a usage error).
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 import msgspec
@@ -31,8 +30,6 @@ from resv.archiver.replay import (
     Planner,
     ScratchFactory,
     replay,
-    resource_keys_at,
-    waitlist_keys_at,
 )
 from resv.archiver.streams import archived_marks, next_id, parse_id
 from resv.archiver.timeline import (
@@ -44,7 +41,7 @@ from resv.archiver.timeline import (
 )
 from resv.archiver.marks import floors, read_marks
 from resv.engine import assess, check_partitions, read_records
-from resv.engine.keys import partition_of
+from resv.engine.keys import RESOURCE_KEYS_GLOB, parse_resource_key, partition_of, resource_keys_in, waitlist_keys_in
 
 
 class VerifyReport(msgspec.Struct, kw_only=True):
@@ -154,20 +151,17 @@ async def _live_resources(live: Redis) -> dict[int, set[str]]:
     """The resources live Redis holds, by partition (so one never logged is
     found too)."""
     out: dict[int, set[str]] = {}
-    async for key in live.scan_iter(match="resv:{p*}:res:*", count=1000):
-        matched = _RESOURCE_KEY.fullmatch(key)
-        if matched:
-            out.setdefault(int(matched.group(1)), set()).add(matched.group(2))
+    async for key in live.scan_iter(match=RESOURCE_KEYS_GLOB, count=1000):
+        parsed = parse_resource_key(key)
+        if parsed:
+            out.setdefault(parsed[0], set()).add(parsed[1])
     return out
-
-
-_RESOURCE_KEY = re.compile(r"resv:\{p(\d+)\}:res:(.+)")
 
 
 async def _compare_state(scratch: Redis, live: Redis, partition: int, resources: list[str], end: str,
                          report: VerifyReport) -> None:
     for rid in resources:
-        ks = resource_keys_at(partition, rid) + waitlist_keys_at(partition, rid)
+        ks = resource_keys_in(partition, rid) + waitlist_keys_in(partition, rid)
         replayed, current = await _resource_state(scratch, ks), await _resource_state(live, ks)
         differences = _state_differences(rid, replayed, current)
         if differences and await _changed_since(live, partition, rid, end):

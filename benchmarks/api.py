@@ -285,7 +285,7 @@ def serve_bare(port: str, workers: str) -> int:
     from resv.api.serve import serve
 
     serve("benchmarks.bare_app:app", factory=False, host="127.0.0.1", port=int(port), workers=int(workers),
-          log_level="warning")
+          log_level="warning", http="httptools")  # plain httptools: the edge protocol is resv's code
     return 0
 
 

@@ -56,7 +56,7 @@ async def fill(redis: Redis, n: int, tag: str) -> float:
             for i in range(base, min(base + 5000, n)):
                 rid, rq = RESOURCES[i % len(RESOURCES)], f"{tag}{i}"
                 pipe.execute_command("FCALL", "resv_reserve", 10,
-                                     *keys.reserve_keys(rid, keys.request_key(rid, rq, PARTITIONS), PARTITIONS),
+                                     *keys.reserve_keys(rid, rq, PARTITIONS),
                                      rid, f"c{i}", "1", rq)
             await pipe.execute()
     return n / (time.perf_counter() - start)

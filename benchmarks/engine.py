@@ -79,7 +79,7 @@ async def raw_pipelined(url: str, engine: Engine) -> float:
         pipe = r.pipeline(transaction=False)
         for i in range(base, min(base + 500, CALLS)):
             rq = f"r{i}"
-            ks = keys.reserve_keys(rid, keys.request_key(rid, rq, PARTITIONS), PARTITIONS)
+            ks = keys.reserve_keys(rid, rq, PARTITIONS)
             pipe.execute_command("FCALL", "resv_reserve", len(ks), *ks, rid, f"c{i}", "1", rq)
         await pipe.execute()
     elapsed = time.perf_counter() - start
@@ -185,7 +185,7 @@ class Calls:
     def reserve(self, pipe, client: str, qty: int = 1) -> None:
         self.n += 1
         rq = f"b{self.n}"
-        ks = keys.reserve_keys(self.rid, keys.request_key(self.rid, rq, PARTITIONS), PARTITIONS)
+        ks = keys.reserve_keys(self.rid, rq, PARTITIONS)
         pipe.execute_command("FCALL", "resv_reserve", len(ks), *ks, self.rid, client, str(qty), rq)
 
     def fcall(self, pipe, function: str, *args: str) -> None:

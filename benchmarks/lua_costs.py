@@ -47,14 +47,9 @@ def variant(source: str, name: str, cuts: list[tuple[str, str]]) -> str:
 
 VARIANTS: dict[str, list[tuple[str, str]]] = {
     "full resv_reserve": [],
-    "- idempotency record (GET + SET of the JSON reply copy)": [
+    "- idempotency record (GET + SET of the record line)": [
         (r"local prior = redis\.call\('GET', keys\[7\]\)", "local prior = nil"),
-        (r"redis\.call\('SET', keys\[7\], cjson\.encode\(\{fp = fingerprint, reply = ev\}\), 'PX', ttl\)\n  emit\(K, ev\)\n  if entry",
-         "emit(K, ev)\n  if entry"),
-    ],
-    "- JSON copy in the idempotency record (fingerprint only)": [
-        (r"redis\.call\('SET', keys\[7\], cjson\.encode\(\{fp = fingerprint, reply = ev\}\), 'PX', ttl\)\n  emit\(K, ev\)\n  if entry",
-         "redis.call('SET', keys[7], fingerprint, 'PX', ttl)\n  emit(K, ev)\n  if entry"),
+        (r"  remember\(ev, '', 'CONFIRMED', reservation_id, ts, version_s, remaining_of\(r\)\)\n", ""),
     ],
     "- booking record JSON (a plain string instead)": [
         (r"redis\.call\('HSET', K\.bk, reservation_id, cjson\.encode\(\{.*?\}\)\)",
@@ -63,7 +58,7 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
     "- key checks (KEYS[2..7] not compared)": [
         (r"  local expected = \{K\.res, K\.bk, K\.cl, K\.wl, K\.we, K\.events\}\n  for i = 2, 6 do\n.*?  end\n  return K",
          "  return K"),
-        (r"  if keys\[7\] ~= K\.prefix \.\. 'req:' \.\. rid \.\. ':' \.\. request_id then\n.*?  end\n", ""),
+        (r"  if keys\[7\] ~= req_key then return bad\('KEYS\[7\] must be ' \.\. req_key\) end\n", ""),
     ],
     "- waiting-list lookup (HGET we c:<client>)": [
         (r"local entry_id = redis\.call\('HGET', K\.we, 'c:' \.\. client\)", "local entry_id = false"),
@@ -76,8 +71,8 @@ VARIANTS: dict[str, list[tuple[str, str]]] = {
          "  local r = {capacity = v[1], reserved = v[2], version = v[3], state = v[4], seq = v[5]}"),
     ],
     "- argument checks (client, quantity, request id patterns)": [
-        (r"  if not valid_id\(client\) then return bad\('client_id must be 1-128 printable ASCII chars'\) end\n", ""),
-        (r"  if not valid_id\(request_id\) then return bad\('request_id must be 1-128 printable ASCII chars'\) end\n", ""),
+        (r"  if not valid_id\(client\) then return bad_id\('client_id'\) end\n", ""),
+        (r"  if not valid_id\(request_id\) then return bad_id\('request_id'\) end\n", ""),
     ],
 }
 
@@ -115,12 +110,11 @@ async def main() -> None:
         for _ in range(args.rounds):
             for label, name in names.items():
                 rid = "cost-" + uuid.uuid4().hex[:8]
-                await admin.fcall("resv_create", 6, *keys.resource_keys(rid, PARTITIONS), rid, "t", str(10**9),
+                await admin.fcall("resv_create", 9, *keys.write_keys(rid, PARTITIONS), rid, "t", str(10**9),
                                   "", "", "0", "", "")
-                ks = keys.resource_keys(rid, PARTITIONS)
                 results[label].append(await run(
                     server.url, f"{name}_reserve", args.calls,
-                    lambda i, rid=rid, ks=ks: [*ks, keys.request_key(rid, f"r{i}", PARTITIONS)],
+                    lambda i, rid=rid: keys.reserve_keys(rid, f"r{i}", PARTITIONS),
                     lambda i: (rid, f"c{i}", "1", f"r{i}")))
             tag = uuid.uuid4().hex[:8]
             mks = [f"resv:{{p0}}:res:{tag}", f"resv:{{p0}}:bk:{tag}", "resv:{p0}:benchevents"]

@@ -1,16 +1,34 @@
-"""`make bench-notifier`: webhooks under a steady decision rate.
+"""`make bench-notifier`: webhooks, drained from a backlog and under a steady
+decision rate.
 
 Starts an embedded Valkey (no AOF: the CPU path, like bench-api) and
-PostgreSQL, then `resv serve`, `resv archiver` (default interval),
-`resv notifier` (defaults) and a `resv listen` receiver, all as separate
-processes, registers the receiver for `reservation.confirmed`, and has wrk
-send POST /reservations at a steady rate (each connection pauses between
-requests) for --duration seconds. The receiver prints each verified event;
-its receipt time minus the decision's server time (the body's `timestamp`)
-is the commit-to-receipt latency. After the load, up to --drain seconds
-for the notifier to catch up.
+PostgreSQL, then `resv serve`, `resv archiver` (default interval), and a
+`resv listen` receiver, all as separate processes, and registers the
+receiver for `reservation.confirmed`. Each round:
 
-    python -m benchmarks.notifier [--rates 1000,50] [--duration 20] [--drain 20]
+1. backlog: with the notifier (`resv notifier`) stopped
+   (SIGSTOP), wrk sends POST /reservations as fast as it can for --backlog
+   seconds; once the archiver has created every delivery row, the notifier
+   goes on (SIGCONT), and the receiver's rate from its first receipt to its
+   last is the notifier's deliveries/s to a local receiver;
+2. steady: for each rate of --rates, wrk offers POST /reservations at that
+   rate for --duration seconds (a paced schedule over 64 connections: each
+   request takes the next 1/rate slot, slots missed by more than 100 ms are
+   dropped rather than sent in a burst), then up to --drain seconds for the
+   deliveries still queued. Commit-to-receipt latency: the receiver's clock
+   at receipt minus the decision's server time (the body's `timestamp`),
+   over every decision of that row, the queued ones included.
+
+Both for each RESV_WEBHOOK_CONCURRENCY of --concurrency (a notifier each).
+
+"sent" counts the answers wrk saw; the requests in flight when it stops
+still commit, so a few more may be received. Figures are medians over
+--rounds rounds ("retried": deliveries that took more than one attempt, over
+all rounds). Notifier CPU per delivery is the notifier process's
+utime+stime (/proc) over the deliveries it made.
+
+    python -m benchmarks.notifier [--rates 1000,50] [--concurrency 4,16] [--duration 10] [--drain 120]
+                                  [--backlog 5] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -19,6 +37,8 @@ import argparse
 import json
 import os
 import shutil
+import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,30 +48,51 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import psycopg
+
 from resv.embedded import EmbeddedRedis, free_port
 from resv.embedded_pg import EmbeddedPostgres
 
 OPERATOR_KEY = "bench-operator"
 CLIENT_KEY = "bench-client"
-CONNECTIONS = 16
+CONNECTIONS = 64
 
+# wrk's LuaJIT has the FFI: the schedule needs a clock finer than os.time().
 WRK_SCRIPT = r"""
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } resv_timespec;
+int clock_gettime(int clk_id, resv_timespec *tp);
+]]
+local ts = ffi.new("resv_timespec")
+local function now_ms()
+  ffi.C.clock_gettime(1, ts)  -- CLOCK_MONOTONIC
+  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
+end
 local counter = 0
 local next_id = 0
+local due = nil
 function setup(thread) next_id = next_id + 1; thread:set("tid", next_id) end
 function init(args)
-  pause = tonumber(args[1])
+  interval = 1000 / tonumber(args[1])
   headers = {["Authorization"] = "Bearer " .. args[2], ["Content-Type"] = "application/json"}
+  prefix = args[3]
 end
-function delay() return pause end
+function delay()
+  local now = now_ms()
+  if due == nil or due < now - 100 then due = now end
+  due = due + interval
+  return math.max(0, math.floor(due - now))
+end
 function request()
   counter = counter + 1
-  local body = string.format('{"resource_id":"bench","quantity":1,"client_id":"c%d-%d"}', tid, counter)
+  local body = string.format('{"resource_id":"bench","quantity":1,"client_id":"%s%d-%d"}', prefix, tid, counter)
   return wrk.format("POST", nil, headers, body)
 end
 function done(summary, latency, requests)
-  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "non2xx": %d}\n',
-    summary.requests, summary.duration, summary.errors.status))
+  io.write(string.format('WRKJSON {"requests": %d, "duration_us": %d, "non2xx": %d, "errors": %d}\n',
+    summary.requests, summary.duration, summary.errors.status,
+    summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
 end
 """
 
@@ -75,102 +116,224 @@ def _wait(url: str) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def run_rate(wrk: str, rate: int, duration: int, drain: int, tmp: Path) -> dict:
-    with EmbeddedRedis(extra_args=["--appendonly", "no"]) as redis, EmbeddedPostgres() as pg:
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+
+
+class Stack:
+    """The processes of one run and what the receiver got."""
+
+    def __init__(self, wrk: str, tmp: Path) -> None:
+        self.wrk, self.tmp = wrk, tmp
+        self.receipts: list[tuple[float, float]] = []  # (receipt time, decision time)
+        self.lock = threading.Lock()
+        self.procs: list[subprocess.Popen] = []
+        self.script = tmp / "bench.lua"
+        self.script.write_text(WRK_SCRIPT)
+        self.loads = 0
+
+    def start(self, redis: EmbeddedRedis, pg: EmbeddedPostgres) -> None:
         port, hook_port = free_port(), free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RESV_")}
-        env.update(REDIS_URL=redis.url, DATABASE_URL=pg.url, RESV_DURABILITY="relaxed",
-                   RESV_API_KEYS=f"operator:{OPERATOR_KEY},client:{CLIENT_KEY}", RESV_WEBHOOK_ALLOW_PRIVATE="1")
-        cli = [sys.executable, "-m", "resv"]
-        logs = open(tmp / f"procs-{rate}.log", "w")
-        procs = [subprocess.Popen([*cli, "migrate"], env=env, stdout=logs, stderr=logs)]
-        procs[0].wait(60)
-        procs = [subprocess.Popen([*cli, name, *extra], env=env, stdout=logs, stderr=logs)
-                 for name, extra in (("serve", ["--host", "127.0.0.1", "--port", str(port)]),
-                                     ("archiver", []), ("notifier", []))]
-        base = f"http://127.0.0.1:{port}"
-        listener = None
-        try:
-            _wait(base + "/health")
-            _call(base, "POST", "/resources", {"resource_id": "bench", "type": "meetup", "capacity": 10**9})
-            hook = _call(base, "POST", "/webhooks", {"url": f"http://127.0.0.1:{hook_port}/",
-                                                     "event_types": ["reservation.confirmed"]})
-            listener = subprocess.Popen([*cli, "listen", "--port", str(hook_port), "--secret", hook["secret"]],
-                                        env=env, stdout=subprocess.PIPE, stderr=logs, text=True)
-            latencies: list[float] = []
-            receipts: list[float] = []
+        self.database_url = pg.url
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RESV_")}
+        self.env.update(REDIS_URL=redis.url, DATABASE_URL=pg.url, RESV_DURABILITY="relaxed",
+                        RESV_API_KEYS=f"operator:{OPERATOR_KEY},client:{CLIENT_KEY}", RESV_WEBHOOK_ALLOW_PRIVATE="1")
+        self.cli = [sys.executable, "-m", "resv"]
+        self.logs = open(self.tmp / "procs.log", "w")
+        subprocess.run([*self.cli, "migrate"], env=self.env, stdout=self.logs, stderr=self.logs, timeout=60, check=True)
+        self.procs = [subprocess.Popen([*self.cli, name, *extra], env=self.env, stdout=self.logs, stderr=self.logs)
+                      for name, extra in (("serve", ["--host", "127.0.0.1", "--port", str(port)]), ("archiver", []))]
+        self.base = f"http://127.0.0.1:{port}"
+        _wait(self.base + "/health")
+        _call(self.base, "POST", "/resources", {"resource_id": "bench", "type": "meetup", "capacity": 10**9})
+        hook = _call(self.base, "POST", "/webhooks", {"url": f"http://127.0.0.1:{hook_port}/",
+                                                      "event_types": ["reservation.confirmed"]})
+        listener = subprocess.Popen([*self.cli, "listen", "--port", str(hook_port), "--secret", hook["secret"]],
+                                    env=self.env, stdout=subprocess.PIPE, stderr=self.logs, text=True)
+        self.procs.append(listener)
+        threading.Thread(target=self._read, args=(listener,), daemon=True).start()
+        self.notifier: subprocess.Popen | None = None
 
-            def read() -> None:
-                for line in listener.stdout:  # type: ignore[union-attr]
-                    now = time.time()
-                    decided = datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00"))
-                    latencies.append(now - decided.timestamp())
-                    receipts.append(now)
+    def start_notifier(self, concurrency: int) -> None:
+        """(Re)starts the notifier, last in procs."""
+        if self.notifier is not None:
+            self.notifier.terminate()
+            self.notifier.wait(30)
+            self.procs.remove(self.notifier)
+        self.notifier = subprocess.Popen([*self.cli, "notifier"], env={**self.env,
+                                         "RESV_WEBHOOK_CONCURRENCY": str(concurrency)},
+                                         stdout=self.logs, stderr=self.logs)
+        self.procs.append(self.notifier)
+        time.sleep(2.0)
 
-            threading.Thread(target=read, daemon=True).start()
-            time.sleep(1.0)
-            script = tmp / "bench.lua"
-            script.write_text(WRK_SCRIPT)
-            pause_ms = max(1, round(CONNECTIONS * 1000 / rate))
-            started = time.time()
-            out = subprocess.run([wrk, "-t1", f"-c{CONNECTIONS}", f"-d{duration}s", "-s", str(script),
-                                  base + "/reservations", "--", str(pause_ms), CLIENT_KEY],
-                                 capture_output=True, text=True, check=True).stdout
-            ended = time.time()
-            summary = json.loads(out.split("WRKJSON ", 1)[1].splitlines()[0])
-            sent = summary["requests"] - summary["non2xx"]
-            during = sum(1 for t in receipts if t <= ended)
-            deadline = time.time() + drain
-            while len(receipts) < sent and time.time() < deadline:
-                time.sleep(0.2)
-            caught_up = len(receipts) >= sent
-            last = receipts[-1] if receipts else ended
-            ordered = sorted(latencies)
+    def _read(self, listener: subprocess.Popen) -> None:
+        for line in listener.stdout:  # type: ignore[union-attr]
+            now = time.time()
+            decided = datetime.fromisoformat(json.loads(line)["timestamp"].replace("Z", "+00:00")).timestamp()
+            with self.lock:
+                self.receipts.append((now, decided))
 
-            def pct(q: float) -> float:
-                return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+    def received(self, since: float = 0.0) -> list[tuple[float, float]]:
+        """Receipts of the decisions made from `since` on."""
+        with self.lock:
+            return [r for r in self.receipts if r[1] >= since]
 
-            return {
-                "rate": rate, "decisions_per_s": sent / (ended - started),
-                "delivered_during_per_s": during / (ended - started),
-                "delivered_per_s": len(receipts) / max(0.001, last - started),
-                "sent": sent, "received": len(receipts), "caught_up": caught_up,
-                "p50_s": pct(0.50), "p99_s": pct(0.99),
-            }
-        finally:
-            for p in [*procs, *([listener] if listener else [])]:
-                p.terminate()
-            for p in [*procs, *([listener] if listener else [])]:
-                try:
-                    p.wait(15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-            logs.close()
+    def load(self, rate: float, seconds: int) -> tuple[int, float, float]:
+        """wrk at `rate` (0: as fast as it goes); (confirmed, started, ended)."""
+        self.loads += 1
+        started = time.time()
+        out = subprocess.run([self.wrk, "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "-s", str(self.script),
+                              self.base + "/reservations", "--", str(rate or 10**7), CLIENT_KEY, f"l{self.loads}-"],
+                             capture_output=True, text=True, check=True).stdout
+        ended = time.time()
+        summary = json.loads(out.split("WRKJSON ", 1)[1].splitlines()[0])
+        return summary["requests"] - summary["non2xx"], started, ended
+
+    def retried(self, since: float) -> int:
+        """Deliveries of the decisions from `since` on that took more than one attempt."""
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM webhook_deliveries WHERE attempts > 1 "
+                                "AND decided_at >= to_timestamp(%s)", (since,)).fetchone()[0]
+
+    def deliveries_created(self) -> int:
+        with psycopg.connect(self.database_url) as conn:
+            return conn.execute("SELECT count(*) FROM webhook_deliveries").fetchone()[0]
+
+    def cpu_s(self) -> float:
+        return _cpu_s(self.procs[-1].pid)  # the notifier
+
+    def close(self) -> None:
+        if self.notifier is not None:
+            os.kill(self.notifier.pid, signal.SIGCONT)
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.logs.close()
+
+
+def backlog(stack: Stack, seconds: int, drain: int) -> dict:
+    """Deliveries queued while the notifier is stopped, then drained by it."""
+    notifier = stack.procs[-1].pid
+    before = stack.deliveries_created()
+    os.kill(notifier, signal.SIGSTOP)
+    try:
+        sent, started, _ = stack.load(0, seconds)
+        deadline = time.time() + 60
+        while stack.deliveries_created() < before + sent and time.time() < deadline:
+            time.sleep(0.2)
+        cpu0 = stack.cpu_s()
+    finally:
+        os.kill(notifier, signal.SIGCONT)
+    deadline = time.time() + drain
+    while len(stack.received(started)) < sent and time.time() < deadline:
+        time.sleep(0.2)
+    cpu = stack.cpu_s() - cpu0
+    got = sorted(t for t, _ in stack.received(started))
+    span = got[-1] - got[0] if len(got) > 1 else float("nan")
+    return {"queued": sent, "received": len(got), "per_s": (len(got) - 1) / span,
+            "cpu_ms": cpu * 1000 / max(1, len(got))}
+
+
+def steady(stack: Stack, rate: int, duration: int, drain: int) -> dict:
+    """`rate` decisions/s for `duration` s; then up to `drain` s for the
+    deliveries still queued (their latency counts: it is the queueing)."""
+    cpu0 = stack.cpu_s()
+    sent, started, ended = stack.load(rate, duration)
+    during = sum(1 for t, _ in stack.received(started) if t <= ended)
+    deadline = time.time() + drain
+    while len(stack.received(started)) < sent and time.time() < deadline:
+        time.sleep(0.2)
+    got = stack.received(started)
+    cpu = stack.cpu_s() - cpu0
+    latencies = [t - d for t, d in got]
+    caught_up = len(got) >= sent
+    return {"rate": rate, "retried": stack.retried(started), "confirmed_per_s": sent / (ended - started),
+            "delivered_during_per_s": during / (ended - started), "sent": sent, "received": len(got),
+            "catch_up_s": max(0.0, max(t for t, _ in got) - ended) if caught_up else float("nan"),
+            "p50_s": _pct(latencies, 0.50), "p99_s": _pct(latencies, 0.99),
+            "cpu_ms": cpu * 1000 / max(1, len(got))}
+
+
+def _median(rows: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in rows)
+
+
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1000:,.0f} ms"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.notifier", description=__doc__.split("\n\n")[0])
     parser.add_argument("--rates", default="1000,50", help="decisions per second to offer (default 1000,50)")
-    parser.add_argument("--duration", type=int, default=20, help="seconds of load per rate (default 20)")
-    parser.add_argument("--drain", type=int, default=20, help="seconds to wait for the backlog after the load")
+    parser.add_argument("--concurrency", default="4,16",
+                        help="RESV_WEBHOOK_CONCURRENCY values, a notifier each (default 4,16; 4 is the default)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds of load per rate (default 10)")
+    parser.add_argument("--drain", type=int, default=120,
+                        help="seconds to wait for what is still queued after a row's load (default 120)")
+    parser.add_argument("--backlog", type=int, default=5, help="seconds of unpaced load queued for the backlog row")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds; figures are medians (default 3)")
     args = parser.parse_args()
     wrk = shutil.which("wrk")
     if wrk is None:
         print("benchmarks.notifier needs wrk: apt-get install -y wrk", file=sys.stderr)
         return 2
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="resv-bench-notifier-") as tmp:
-        for rate in (int(r) for r in args.rates.split(",")):
-            rows.append(run_rate(wrk, rate, args.duration, args.drain, Path(tmp)))
-    print(f"\nbench-notifier: {os.cpu_count()} CPUs, {args.duration} s of load per row, one notifier "
-          "(RESV_WEBHOOK_CONCURRENCY=4), archiver every 200 ms, receiver `resv listen` on loopback\n")
-    print("| offered decisions/s | confirmed/s (API) | delivered/s during load | delivered/s overall "
-          "| received / sent | caught up | commit-to-receipt p50 | p99 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['rate']} | {r['decisions_per_s']:.0f} | {r['delivered_during_per_s']:.0f} "
-              f"| {r['delivered_per_s']:.0f} | {r['received']} / {r['sent']} "
-              f"| {'yes' if r['caught_up'] else 'no'} | {r['p50_s'] * 1000:.0f} ms | {r['p99_s'] * 1000:.0f} ms |")
+    rates = [int(r) for r in args.rates.split(",")]
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    backlogs: dict[int, list[dict]] = {c: [] for c in concurrencies}
+    steadies: dict[tuple[int, int], list[dict]] = {(c, r): [] for c in concurrencies for r in rates}
+    load_before = os.getloadavg()
+    with tempfile.TemporaryDirectory(prefix="resv-bench-notifier-") as tmp, \
+            EmbeddedRedis(extra_args=["--appendonly", "no"]) as redis, EmbeddedPostgres() as pg:
+        stack = Stack(wrk, Path(tmp))
+        try:
+            stack.start(redis, pg)
+            for n in range(args.rounds):
+                for c in concurrencies:
+                    stack.start_notifier(c)
+                    backlogs[c].append(backlog(stack, args.backlog, args.drain))
+                    print(f"round {n + 1}, concurrency {c}: backlog {backlogs[c][-1]}", file=sys.stderr, flush=True)
+                    for rate in rates:
+                        steadies[c, rate].append(steady(stack, rate, args.duration, args.drain))
+                        print(f"round {n + 1}, concurrency {c}: steady {steadies[c, rate][-1]}", file=sys.stderr,
+                              flush=True)
+        finally:
+            stack.close()
+            warnings = [line for line in (Path(tmp) / "procs.log").read_text().splitlines() if "WARNING" in line]
+            print(f"{len(warnings)} warnings in the processes' logs", *warnings[:20], sep="\n", file=sys.stderr)
+    load_after = os.getloadavg()
+    print(f"\nbench-notifier: {os.cpu_count()} CPUs, load average {load_before[0]:.1f} before and "
+          f"{load_after[0]:.1f} after; one notifier, archiver every 200 ms, receiver `resv listen` on loopback, "
+          f"all on this machine; medians of {args.rounds} rounds\n")
+    print("| RESV_WEBHOOK_CONCURRENCY | backlog queued | delivered / queued | deliveries/s to the receiver "
+          "| notifier CPU per delivery |")
+    print("|---|---|---|---|---|")
+    for c, rows in backlogs.items():
+        print(f"| {c} | {_median(rows, 'queued'):,.0f} | {sum(b['received'] for b in rows):,} / "
+              f"{sum(b['queued'] for b in rows):,} | {_median(rows, 'per_s'):,.0f} "
+              f"| {_median(rows, 'cpu_ms'):.2f} ms |")
+    print(f"\n{args.duration} s of paced load per row, then up to {args.drain} s for what is queued:\n")
+    print("| RESV_WEBHOOK_CONCURRENCY | offered decisions/s | confirmed/s (API) | delivered/s during load "
+          "| received / sent | retried | queue cleared after the load | commit-to-receipt p50 | p99 "
+          "| notifier CPU per delivery |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for (c, rate), rows in steadies.items():
+        print(f"| {c} | {rate:,} | {_median(rows, 'confirmed_per_s'):,.0f} "
+              f"| {_median(rows, 'delivered_during_per_s'):,.0f} "
+              f"| {sum(r['received'] for r in rows):,} / {sum(r['sent'] for r in rows):,} "
+              f"| {sum(r['retried'] for r in rows):,} "
+              f"| {_ms(_median(rows, 'catch_up_s'))} | {_ms(_median(rows, 'p50_s'))} "
+              f"| {_ms(_median(rows, 'p99_s'))} "
+              f"| {_median(rows, 'cpu_ms'):.2f} ms |")
     return 0
 
 

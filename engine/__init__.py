@@ -2,12 +2,14 @@
 
 What other parts may use: this package's names, and the modules types
 (wire types), codes (every code the Lua emits), errors, keys (the key
-layout) and settings. The rest (engine, pipeline, lane, library,
-durability, deployment) is the engine's own (tests/test_layering.py); the
-state-loss guard's functions (deployment records, the comparison with the
-audit) are exported here for the archiver and the tools.
+layout), limits (the Lua's bounds, read from it) and settings. The rest
+(engine, pipeline, lane, library, durability, deployment) is the engine's
+own (tests/test_layering.py); the state-loss guard's functions (deployment
+records, the comparison with the audit) are exported here for the archiver
+and the tools.
 """
 
+from resv.engine.codes import EventType, Outcome, PublicCode, Reason
 from resv.engine.deployment import (
     BEHIND,
     AuditMark,
@@ -38,13 +40,36 @@ from resv.engine.errors import (
 from resv.engine.library import ensure_library, library_source, library_version
 from resv.engine.settings import Settings
 from resv.engine.types import (
+    Cancellation,
+    CancelRejected,
+    CancelReplayed,
+    CreateDecision,
     Decision,
+    DecisionBase,
     Event,
+    JoinDecision,
+    LeaveDecision,
     Reservation,
+    ReservationCancelled,
+    ReservationConfirmed,
+    ReservationDecision,
+    ReservationRejected,
     Resource,
+    ResourceCreated,
+    ResourceRejected,
     ResourceSpec,
+    RulesChanged,
+    RulesDecision,
+    RulesRejected,
     WaitingList,
     WaitlistEntry,
+    WaitlistJoined,
+    WaitlistJoinReplayed,
+    WaitlistLeaveRejected,
+    WaitlistLeaveReplayed,
+    WaitlistLeft,
+    WaitlistRejected,
+    WaitlistSwept,
 )
 
 __all__ = [
@@ -68,20 +93,47 @@ __all__ = [
     "new_deployment_id",
     "read_records",
     "BadArgument",
+    "CancelRejected",
+    "CancelReplayed",
+    "Cancellation",
+    "CreateDecision",
     "Decision",
+    "DecisionBase",
     "DurabilityError",
     "Engine",
     "EngineError",
     "EngineUnavailable",
     "Event",
+    "EventType",
+    "JoinDecision",
+    "LeaveDecision",
     "LibraryVersionError",
     "NotReplicated",
+    "Outcome",
+    "PublicCode",
+    "Reason",
     "Reservation",
+    "ReservationCancelled",
+    "ReservationConfirmed",
+    "ReservationDecision",
+    "ReservationRejected",
     "Resource",
+    "ResourceCreated",
+    "ResourceRejected",
     "ResourceSpec",
+    "RulesChanged",
+    "RulesDecision",
+    "RulesRejected",
     "Settings",
     "WaitingList",
     "WaitlistEntry",
+    "WaitlistJoinReplayed",
+    "WaitlistJoined",
+    "WaitlistLeaveRejected",
+    "WaitlistLeaveReplayed",
+    "WaitlistLeft",
+    "WaitlistRejected",
+    "WaitlistSwept",
     "ensure_library",
     "library_source",
     "library_version",

@@ -1,7 +1,7 @@
 """The engine: typed async calls over the Lua functions.
 
 It adds no rule of its own. It builds keys, sends the call, and turns the
-reply into a typed Decision; the Lua decides.
+reply into the Struct of its decision (engine.types); the Lua decides.
 """
 
 from __future__ import annotations
@@ -46,12 +46,34 @@ from resv.engine.library import ensure_library, library_version
 from resv.engine.pipeline import Pipeliner
 from resv.engine.settings import Settings
 from resv.engine.types import (
-    Decision,
+    Cancellation,
+    CancelRejected,
+    CancelReplayed,
+    CreateDecision,
+    JoinDecision,
+    LeaveDecision,
+    ReplyDecoder,
     Reservation,
+    ReservationCancelled,
+    ReservationConfirmed,
+    ReservationDecision,
+    ReservationRejected,
     Resource,
+    ResourceCreated,
+    ResourceRejected,
     ResourceSpec,
+    RulesChanged,
+    RulesDecision,
+    RulesRejected,
     WaitingList,
     WaitlistEntry,
+    WaitlistJoined,
+    WaitlistJoinReplayed,
+    WaitlistLeaveRejected,
+    WaitlistLeaveReplayed,
+    WaitlistLeft,
+    WaitlistRejected,
+    WaitlistSwept,
     from_flat,
 )
 
@@ -88,8 +110,14 @@ class Refusal(msgspec.Struct, frozen=True, kw_only=True):
 NOT_CHECKED = Refusal(state="the engine state has not been checked against the audit yet (Redis unreachable)")
 
 
-def _decision(flat: list[Any]) -> Decision:
-    return from_flat(Decision, flat)
+# One decoder per entry point: each knows the types its function replies with.
+_created = ReplyDecoder(ResourceCreated, ResourceRejected)
+_rules = ReplyDecoder(RulesChanged, RulesRejected)
+_reserved = ReplyDecoder(ReservationConfirmed, ReservationRejected)
+_cancelled = ReplyDecoder(ReservationCancelled, CancelReplayed, CancelRejected)
+_joined = ReplyDecoder(WaitlistJoined, WaitlistJoinReplayed, WaitlistRejected)
+_left = ReplyDecoder(WaitlistLeft, WaitlistLeaveReplayed, WaitlistLeaveRejected)
+_swept = ReplyDecoder(WaitlistSwept)
 
 
 def _opt(value: int | None) -> str:
@@ -500,8 +528,8 @@ class Engine:
 
     # -- definition (operators)
 
-    async def create_resource(self, spec: ResourceSpec, *, actor: str | None = None) -> Decision:
-        return _decision(await self._admin_call(
+    async def create_resource(self, spec: ResourceSpec, *, actor: str | None = None) -> CreateDecision:
+        return _created(await self._admin_call(
             "resv_create",
             self._write_keys(spec.resource_id),
             spec.resource_id,
@@ -517,7 +545,7 @@ class Engine:
         ))
 
     async def configure(self, resource_id: str, expected_version: int, changes: dict[str, Any], *,
-                        actor: str | None = None) -> Decision:
+                        actor: str | None = None) -> RulesDecision:
         """changes: rule name -> value (None clears an optional rule); `state`
         (OPEN|CLOSED) may be among them. One call, one new version."""
         pairs: list[str] = [] if actor is None else ["actor", actor]
@@ -525,29 +553,29 @@ class Engine:
             if isinstance(value, bool):
                 value = "1" if value else "0"
             pairs += [name, "" if value is None else str(value)]
-        return _decision(await self._admin_call(
+        return _rules(await self._admin_call(
             "resv_configure", self._write_keys(resource_id), resource_id, str(expected_version), *pairs
         ))
 
-    async def open(self, resource_id: str, expected_version: int, *, actor: str | None = None) -> Decision:
-        return _decision(await self._admin_call("resv_open", self._write_keys(resource_id), resource_id,
-                                                str(expected_version), *_by(actor)))
+    async def open(self, resource_id: str, expected_version: int, *, actor: str | None = None) -> RulesDecision:
+        return _rules(await self._admin_call("resv_open", self._write_keys(resource_id), resource_id,
+                                             str(expected_version), *_by(actor)))
 
-    async def close(self, resource_id: str, expected_version: int, *, actor: str | None = None) -> Decision:
-        return _decision(await self._admin_call("resv_close", self._write_keys(resource_id), resource_id,
-                                                str(expected_version), *_by(actor)))
+    async def close(self, resource_id: str, expected_version: int, *, actor: str | None = None) -> RulesDecision:
+        return _rules(await self._admin_call("resv_close", self._write_keys(resource_id), resource_id,
+                                             str(expected_version), *_by(actor)))
 
     # -- commits (clients)
 
     async def reserve(self, resource_id: str, client_id: str, quantity: int, request_id: str | None = None, *,
-                      actor: str | None = None) -> Decision:
+                      actor: str | None = None) -> ReservationDecision:
         """Confirms or rejects. Give the same request_id to retry safely; a
         fresh one is made when none is given."""
         request_id = request_id or uuid.uuid4().hex
         p = self.settings.partitions
-        return _decision(await self._call(
+        return _reserved(await self._call(
             "resv_reserve",
-            keys.reserve_keys(resource_id, keys.request_key(resource_id, request_id, p), p),
+            keys.reserve_keys(resource_id, request_id, p, actor),
             resource_id,
             client_id,
             str(quantity),
@@ -556,30 +584,30 @@ class Engine:
             *_by(actor),
         ))
 
-    async def cancel(self, reservation_id: str, *, actor: str | None = None) -> Decision | None:
+    async def cancel(self, reservation_id: str, *, actor: str | None = None) -> Cancellation | None:
         """None when the id names no resource (so no reservation)."""
         resource_id = keys.resource_of_reservation(reservation_id)
         if resource_id is None:
             return None
-        return _decision(await self._call("resv_cancel", self._write_keys(resource_id), resource_id, reservation_id,
-                                          *_by(actor)))
+        return _cancelled(await self._call("resv_cancel", self._write_keys(resource_id), resource_id, reservation_id,
+                                           *_by(actor)))
 
     async def join_waitlist(self, resource_id: str, client_id: str, quantity: int, *,
-                            actor: str | None = None) -> Decision:
-        return _decision(await self._call("resv_wl_join", self._write_keys(resource_id), resource_id, client_id,
-                                          str(quantity), *_by(actor)))
+                            actor: str | None = None) -> JoinDecision:
+        return _joined(await self._call("resv_wl_join", self._write_keys(resource_id), resource_id, client_id,
+                                        str(quantity), *_by(actor)))
 
-    async def leave_waitlist(self, entry_id: str, *, actor: str | None = None) -> Decision | None:
+    async def leave_waitlist(self, entry_id: str, *, actor: str | None = None) -> LeaveDecision | None:
         resource_id = keys.resource_of_entry(entry_id)
         if resource_id is None:
             return None
-        return _decision(await self._call("resv_wl_leave", self._write_keys(resource_id), resource_id, entry_id,
-                                          *_by(actor)))
+        return _left(await self._call("resv_wl_leave", self._write_keys(resource_id), resource_id, entry_id,
+                                      *_by(actor)))
 
-    async def sweep_waitlist(self, resource_id: str, *, actor: str | None = None) -> Decision:
+    async def sweep_waitlist(self, resource_id: str, *, actor: str | None = None) -> WaitlistSwept:
         """Expires the resource's lapsed notifications and notifies what
         then fits (resv_wl_sweep); logs only when it changed something."""
-        return _decision(await self._call("resv_wl_sweep", self._write_keys(resource_id), resource_id,
+        return _swept(await self._call("resv_wl_sweep", self._write_keys(resource_id), resource_id,
                                           *_by(actor)))
 
     async def due_for_sweep(self, partition: int, limit: int = 100) -> list[str]:

@@ -6,6 +6,8 @@ from typing import Any
 
 from redis import exceptions as redis_errors
 
+from resv.engine.codes import PublicCode
+
 
 class EngineError(Exception):
     """Base class. Messages are for operators' logs, never for clients."""
@@ -44,10 +46,10 @@ class NotReplicated(EngineUnavailable):
 
 
 # One generic message per public code: clients see this, operators see reason.
-PUBLIC_MESSAGES = {
-    "RESOURCE_FULL": "Not enough capacity left for this request.",
-    "RESOURCE_CLOSED": "This resource is not open for reservations.",
-    "INVALID_STATE": "This request cannot be accepted in the resource's current state.",
+PUBLIC_MESSAGES: dict[PublicCode, str] = {
+    PublicCode.RESOURCE_FULL: "Not enough capacity left for this request.",
+    PublicCode.RESOURCE_CLOSED: "This resource is not open for reservations.",
+    PublicCode.INVALID_STATE: "This request cannot be accepted in the resource's current state.",
 }
 
 _UNAVAILABLE = (

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 
 import msgspec
 
+from resv.engine.limits import DEFAULT_IDEMPOTENCY_TTL_MS, MAX_IDEMPOTENCY_TTL_MS
+
 CLUSTER_PARTITIONS = 256
 """RESV_PARTITIONS when it is not set and the server is a cluster: the
 partitions' hash tags spread over the shards within 10% of even for 2 to
@@ -42,8 +44,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     """RESV_REDIS_CLUSTER: auto (ask the server: INFO cluster), on or off.
     On a cluster, redis-py's cluster client owns the topology and the engine
     keeps one lane per primary (engine/cluster.py)."""
-    idempotency_ttl_ms: int = 86_400_000
-    """RESV_IDEMPOTENCY_TTL_MS: how long a request id's decision is remembered."""
+    idempotency_ttl_ms: int = DEFAULT_IDEMPOTENCY_TTL_MS
+    """RESV_IDEMPOTENCY_TTL_MS: how long a request id's decision is remembered
+    (at most the Lua's MAX_IDEMPOTENCY_TTL_MS)."""
     socket_timeout: float = 1.0
     """RESV_REDIS_TIMEOUT_S: per-command socket timeout; also how long the
     lane (engine/lane.py) waits for a reply before dropping its connection."""
@@ -79,12 +82,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             raise ValueError(f"RESV_REDIS_CLUSTER must be auto, on or off, got {cluster!r}")
         if not 1 <= partitions <= 1024:
             raise ValueError("RESV_PARTITIONS must be in 1..1024")
+        ttl = num("RESV_IDEMPOTENCY_TTL_MS", DEFAULT_IDEMPOTENCY_TTL_MS) or DEFAULT_IDEMPOTENCY_TTL_MS
+        if ttl > MAX_IDEMPOTENCY_TTL_MS:  # else every reservation would be refused as malformed
+            raise ValueError(f"RESV_IDEMPOTENCY_TTL_MS must be at most {MAX_IDEMPOTENCY_TTL_MS} (365 days)")
         return cls(
             redis_url=env.get("REDIS_URL") or None,
             partitions=partitions,
             partitions_set=env.get("RESV_PARTITIONS") not in (None, ""),
             cluster=cluster,
-            idempotency_ttl_ms=num("RESV_IDEMPOTENCY_TTL_MS", 86_400_000) or 86_400_000,
+            idempotency_ttl_ms=ttl,
             socket_timeout=num("RESV_REDIS_TIMEOUT_S", 1.0, float),
             retries=num("RESV_REDIS_RETRIES", 2),
             max_connections=num("RESV_REDIS_MAX_CONNECTIONS", 64) or 64,

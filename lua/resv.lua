@@ -25,7 +25,9 @@
     KEYS[5] resv:{pN}:we:<rid>   hash   'e:'..entry_id -> entry (JSON); 'c:'..client_id -> active entry id
     KEYS[6] resv:{pN}:events     stream the partition's decision log
   resv_reserve also takes
-    KEYS[7] resv:{pN}:req:<rid>:<request_id>  string  idempotency record (JSON), expires
+    KEYS[7] resv:{pN}:req:<rid>:<request_id>  string  idempotency record (record_of), expires;
+            with an actor resv:{pN}:req:<rid>@<actor>:<request_id> (the actor
+            scopes the request id)
   and every write entry point takes, after those, "the waiting-list keys":
     resv:{pN}:wq:<rid>   zset   WAITING entries by quantity; the member is the
                                 entry's sequence number, zero-padded, so each
@@ -33,7 +35,8 @@
     resv:{pN}:wn:<rid>   zset   NOTIFIED entry ids, by deadline (us)
     resv:{pN}:notified   zset   the partition's resources with outstanding
                                 notifications, by earliest deadline (the sweep's index)
-  (KEYS[7..9]; resv_reserve KEYS[8..10]).
+  (KEYS[7..9]; resv_reserve KEYS[8..10]). resv_reserve with an actor also
+  takes KEYS[11], the unscoped resv:{pN}:req:<rid>:<request_id>, read only.
 
   Waiting list: capacity is notified against what is really free, capacity -
   reserved - `notified` (the quantities of outstanding notifications, a field
@@ -64,13 +67,15 @@
   every earlier release in lua/releases/ for `resv verify` and `resv restore`.
 ]]
 
-local LIBRARY_VERSION = '2'
+local LIBRARY_VERSION = '3'
 
 local MAX_INT = 1000000000          -- capacity, quantities, limits
 local MAX_TIME = 9000000000000000   -- us; keeps integers exact in doubles
 local MAX_ID = 128                  -- client, request and entry ids
 local MAX_RESOURCE_ID = 64
 local MAX_ACTOR = 64
+local MAX_TYPE = 64                 -- resource types
+local MAX_IDEMPOTENCY_TTL_MS = 31536000000  -- 365 days
 local MAX_WAITLIST_PAGE = 1000       -- entries per resv_waitlist page
 local DEFAULT_IDEMPOTENCY_TTL_MS = 86400000
 local DEFAULT_NOTIFY_WINDOW_MS = 900000  -- 15 minutes
@@ -86,6 +91,10 @@ local WAITLIST_INDEX = '2'
 
 local function bad(msg)
   return redis.error_reply('BAD_ARGUMENT ' .. msg)
+end
+
+local function bad_id(name)
+  return bad(name .. ' must be 1-' .. MAX_ID .. ' printable ASCII chars')
 end
 
 local function fmt(n)
@@ -213,9 +222,37 @@ local function emit(K, ev)
     args[#args + 1] = 'actor'
     args[#args + 1] = K.actor
   end
+  if K.scope then
+    args[#args + 1] = 'request_scope'
+    args[#args + 1] = K.scope
+  end
   args[#args + 1] = 'lib'
   args[#args + 1] = LIBRARY_VERSION
   return redis.call(unpack(args))
+end
+
+-- Logs a decision and returns it: the reply is the logged event.
+local function decided(K, ev)
+  emit(K, ev)
+  return ev
+end
+
+-- resv_reserve's replies say whether they repeat an earlier decision; the
+-- flag is never logged (a retry logs RESERVATION_REPLAYED instead).
+local function with_replayed(reply, flag)
+  reply[#reply + 1] = 'replayed'
+  reply[#reply + 1] = flag
+  return reply
+end
+
+-- The version/remaining pair every decision reports ('' when the resource
+-- does not exist).
+local function version_of(r)
+  return r and fmt(r.version) or ''
+end
+
+local function remaining_of(r)
+  return r and fmt(r.capacity - r.reserved) or ''
 end
 
 local function rules_fields(r)
@@ -392,7 +429,7 @@ end
 local function waitlist_event(K, r, kind, e, now)
   local ev = {'type', kind, 'resource_id', e.resource_id, 'client_id', e.client_id,
               'quantity', e.quantity, 'entry_id', e.entry_id, 'ts', fmt(now),
-              'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)}
+              'version', version_of(r), 'remaining', remaining_of(r)}
   if kind == 'WAITLIST_NOTIFIED' then
     append(ev, {'expires_at', e.expires_at})
   elseif kind == 'WAITLIST_EXPIRED' then
@@ -420,8 +457,8 @@ end
 -- Optional numeric rules take '' to clear them.
 local function parse_rule(field, v)
   if field == 'type' then
-    if type(v) == 'string' and #v >= 1 and #v <= 64 and v:match('^[\33-\126]+$') then return v end
-    return nil, bad('type must be 1-64 printable characters')
+    if type(v) == 'string' and #v >= 1 and #v <= MAX_TYPE and v:match('^[\33-\126]+$') then return v end
+    return nil, bad('type must be 1-' .. MAX_TYPE .. ' printable characters')
   elseif field == 'capacity' then
     local n = int_in(v, 0, MAX_INT)
     if n then return n end
@@ -514,9 +551,8 @@ local function create(keys, args)
     local cur = load_resource(K)
     local ev = {'type', 'RESOURCE_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', 'ALREADY_EXISTS', 'resource_id', rid, 'ts', fmt(now),
-                'version', fmt(cur.version), 'remaining', fmt(cur.capacity - cur.reserved)}
-    emit(K, ev)
-    return ev
+                'version', version_of(cur), 'remaining', remaining_of(cur)}
+    return decided(K, ev)
   end
   r.reserved = 0
   r.version = 1
@@ -525,8 +561,7 @@ local function create(keys, args)
              'notified', '0', 'wl_quantities', '0', 'waitlist_index', WAITLIST_INDEX)
   local ev = append({'type', 'RESOURCE_CREATED', 'decision', 'CONFIRMED', 'resource_id', rid,
                      'ts', fmt(now), 'version', '1', 'remaining', fmt(r.capacity)}, rules_fields(r))
-  emit(K, ev)
-  return ev
+  return decided(K, ev)
 end
 
 --[[
@@ -542,9 +577,12 @@ end
           see the top of this file)
   Returns: type RULES_CHANGED, decision CONFIRMED, the new version and rules;
   or RULES_REJECTED, REJECTED, INVALID_STATE with reason UNKNOWN_RESOURCE,
-  VERSION_MISMATCH or CAPACITY_BELOW_RESERVED, plus expected_version and
+  VERSION_MISMATCH, WINDOW_INVERTED (the change, with the stored rules, would
+  make closes_at <= opens_at; from release 3) or CAPACITY_BELOW_RESERVED
+  (capacity may never go below what is reserved), plus expected_version and
   requested (the rule field/value pairs asked for, as a JSON array; the actor
-  is its own field) (capacity may never go below what is reserved). After a
+  is its own field). Error BAD_ARGUMENT (no write) on a malformed call, a
+  call that gives both opens_at and closes_at inverted included. After a
   change, waiting entries that fit in what is really free are notified
   (WAITLIST_NOTIFIED events): capacity raised, reopened, waiting list
   switched on. Lapsed notifications expire first (any outcome).
@@ -576,43 +614,42 @@ local function configure(keys, args)
     end
   end
   if #requested == 0 then return bad('expected at least one rule field/value pair') end
+  -- a window inverted in the call itself is malformed, whatever is stored
+  if not window_ok(changes.opens_at or nil, changes.closes_at or nil) then
+    return bad('opens_at must be before closes_at')
+  end
   local now = server_now()
   local r = load_resource(K)
-  local function reject(reason, cur)
+  local function reject(reason)
     -- the request itself is logged (as JSON: '' clears a rule), so a replay
-    -- re-issues exactly what was refused
+    -- re-issues exactly what was refused; lapsed notifications expire first
+    local lapsed = r and lapse(K, r, now)
     local ev = {'type', 'RULES_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', reason, 'resource_id', rid, 'ts', fmt(now),
-                'version', cur and fmt(cur.version) or '',
-                'remaining', cur and fmt(cur.capacity - cur.reserved) or '',
+                'version', version_of(r),
+                'remaining', remaining_of(r),
                 'expected_version', fmt(expected), 'requested', cjson.encode(requested)}
     emit(K, ev)
+    if r then settle(K, r, rid, now, lapsed, false) end
     return ev
   end
   if not r then return reject('UNKNOWN_RESOURCE') end
-  local function refuse(reason)
-    local lapsed = lapse(K, r, now)
-    local ev = reject(reason, r)
-    settle(K, r, rid, now, lapsed, false)
-    return ev
-  end
-  if r.version ~= expected then return refuse('VERSION_MISMATCH') end
+  if r.version ~= expected then return reject('VERSION_MISMATCH') end
   local new = {}
   for f, v in pairs(r) do new[f] = v end
   for f, v in pairs(changes) do
     if v == false then new[f] = nil else new[f] = v end
   end
-  if not window_ok(new.opens_at, new.closes_at) then
-    return bad('opens_at must be before closes_at')
-  end
-  if new.capacity < new.reserved then return refuse('CAPACITY_BELOW_RESERVED') end
+  -- with the stored rules: a refusal, logged like every other
+  if not window_ok(new.opens_at, new.closes_at) then return reject('WINDOW_INVERTED') end
+  if new.capacity < new.reserved then return reject('CAPACITY_BELOW_RESERVED') end
   -- writes start here
   local lapsed = lapse(K, new, now)
   new.version = new.version + 1
   save_rules(K, new, now)
   local ev = append({'type', 'RULES_CHANGED', 'decision', 'CONFIRMED', 'resource_id', rid,
-                     'ts', fmt(now), 'version', fmt(new.version),
-                     'remaining', fmt(new.capacity - new.reserved)}, rules_fields(new))
+                     'ts', fmt(now), 'version', version_of(new),
+                     'remaining', remaining_of(new)}, rules_fields(new))
   emit(K, ev)
   settle(K, new, rid, now, lapsed, true)
   return ev
@@ -635,21 +672,67 @@ local function set_state(state)
   end
 end
 
+-- The idempotency record (KEYS[7]). Release 3 keeps only what the call does
+-- not repeat, space-separated ('-' for an empty value; ids, codes and numbers
+-- hold no space): '3 <fingerprint> <code> <reason> <reservation_id> <ts>
+-- <version> <remaining> <ttl_ms>'. The reply is rebuilt from it and the
+-- retry's own arguments (the fingerprint makes them the same). Earlier
+-- releases stored {fp, reply} as JSON; both are read.
+local function record_of(fingerprint, code, reason, reservation_id, ts, version, remaining, ttl)
+  return table.concat({'3', fingerprint, code == '' and '-' or code, reason, reservation_id or '-',
+                       ts, version, remaining, ttl}, ' ')
+end
+
+-- fingerprint, reply, and whether an earlier release wrote it (no release
+-- mark: JSON without `lib`).
+local function read_record(raw, rid, client, qty, request_id)
+  if raw:sub(1, 1) == '{' then
+    local rec = cjson.decode(raw)
+    return rec.fp, rec.reply, rec.lib == nil
+  end
+  local fp, code, reason, reservation_id, ts, version, remaining, ttl =
+    raw:match('^3 (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+) (%S+)$')
+  if not fp then return false, {}, false end  -- unreadable: never matches, so a reuse
+  local confirmed = reservation_id ~= '-'
+  local reply = {'type', confirmed and 'RESERVATION_CONFIRMED' or 'RESERVATION_REJECTED',
+                 'decision', confirmed and 'CONFIRMED' or 'REJECTED', 'code', code == '-' and '' or code,
+                 'reason', reason, 'resource_id', rid, 'client_id', client, 'quantity', fmt(qty),
+                 'request_id', request_id}
+  if confirmed then
+    reply[#reply + 1] = 'reservation_id'
+    reply[#reply + 1] = reservation_id
+  end
+  return fp, append(reply, {'ts', ts, 'version', version, 'remaining', remaining, 'idempotency_ttl_ms', ttl}),
+         false
+end
+
 --[[
   resv_reserve: the commit. Confirms or rejects, on the real state, at server time.
   KEYS[1..6]  the resource keys
-  KEYS[7]     resv:{pN}:req:<resource_id>:<request_id>  idempotency record
+  KEYS[7]     resv:{pN}:req:<resource_id>:<request_id>  idempotency record;
+              with an actor resv:{pN}:req:<resource_id>@<actor>:<request_id>
   KEYS[8..10] the waiting-list keys
+  KEYS[11]    with an actor only: resv:{pN}:req:<resource_id>:<request_id>,
+              read (never written) when KEYS[7] holds nothing: a record that
+              a release before 3 wrote (no `lib` in it) is this request's, so
+              a retry made across the upgrade replays instead of booking twice.
+              Ten keys with an actor is release 2's call (a process not yet
+              upgraded): KEYS[7] is then the unscoped key, the record is
+              written as release 2 did, and the events say
+              request_scope=resource (so a replay makes the same call).
   ARGV[1] resource_id
   ARGV[2] client_id       1-128 printable ASCII chars
   ARGV[3] quantity        integer 1..1e9
   ARGV[4] request_id      1-128 printable ASCII chars, unique per attempt
   ARGV[5] idempotency ttl in ms (optional; '' or absent: 86400000)
-  ARGV[6] actor           optional: who asked (see the top of this file)
+  ARGV[6] actor           optional: who asked (see the top of this file); it
+                          also scopes the request id, so two actors' equal
+                          request ids are independent requests
   Checks, in order: idempotency (a retry with the same inputs returns the
   original reply with replayed=1 and changes nothing but a RESERVATION_REPLAYED
   event; different inputs -> INVALID_STATE/REQUEST_ID_REUSED), resource exists
-  (INVALID_STATE/UNKNOWN_RESOURCE), state (RESOURCE_CLOSED/STATE_CLOSED),
+  (INVALID_STATE/UNKNOWN_RESOURCE: logged, never remembered, so a call for
+  a resource that does not exist yet never pre-empts a later one), state (RESOURCE_CLOSED/STATE_CLOSED),
   window (RESOURCE_CLOSED/WINDOW_NOT_OPEN, WINDOW_CLOSED), max_per_request
   (INVALID_STATE/OVER_REQUEST_LIMIT), max_per_client (INVALID_STATE/
   OVER_CLIENT_LIMIT), capacity (RESOURCE_FULL/SOLD_OUT when nothing is left,
@@ -666,53 +749,75 @@ end
 ]]
 local function reserve(keys, args)
   local rid, client, qty_s, request_id = args[1], args[2], args[3], args[4]
-  local K, err = write_keys(keys, rid, 10, 8)
+  -- with an actor 11 keys; 10 is release 2's call shape (rolling upgrades)
+  local with_actor = args[6] ~= nil and args[6] ~= ''
+  local K, err = write_keys(keys, rid, (with_actor and #keys ~= 10) and 11 or 10, 8)
   if not K then return err end
   if #args < 4 or #args > 6 then return bad('expected 4 to 6 arguments, got ' .. #args) end
-  if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
+  if not valid_id(client) then return bad_id('client_id') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
-  if not valid_id(request_id) then return bad('request_id must be 1-128 printable ASCII chars') end
-  if keys[7] ~= K.prefix .. 'req:' .. rid .. ':' .. request_id then
-    return bad('KEYS[7] must be ' .. K.prefix .. 'req:' .. rid .. ':' .. request_id)
-  end
+  if not valid_id(request_id) then return bad_id('request_id') end
   local ttl = DEFAULT_IDEMPOTENCY_TTL_MS
   if args[5] and args[5] ~= '' then
-    ttl = int_in(args[5], 1, 365 * 86400000)
+    ttl = int_in(args[5], 1, MAX_IDEMPOTENCY_TTL_MS)
     if not ttl then return bad('idempotency ttl must be an integer number of ms') end
   end
   local actor, aerr = parse_actor(args[6])
   if aerr then return aerr end
   K.actor = actor
+  -- an actor scopes the request id: two applications never share one. A
+  -- resource id holds no '@' and an actor no ':', so no request id of one
+  -- scope spells another scope's key.
+  local scoped = actor and #keys == 11
+  local unscoped = K.prefix .. 'req:' .. rid .. ':' .. request_id
+  local req_key = scoped and K.prefix .. 'req:' .. rid .. '@' .. actor .. ':' .. request_id or unscoped
+  if keys[7] ~= req_key then return bad('KEYS[7] must be ' .. req_key) end
+  if scoped and keys[11] ~= unscoped then return bad('KEYS[11] must be ' .. unscoped) end
+  -- a release-2 call: its record is kept as release 2 wrote it (JSON), so
+  -- a release-3 retry of the same request still finds it through KEYS[11]
+  local legacy = actor and not scoped
+  if legacy then K.scope = 'resource' end
   local now = server_now()
   local fingerprint = client .. '|' .. fmt(qty)
 
+  local prior_fp, orig
   local prior = redis.call('GET', keys[7])
+  if prior then
+    prior_fp, orig = read_record(prior, rid, client, qty, request_id)
+  elseif scoped then
+    -- before release 3 every record was unscoped: one an earlier release
+    -- wrote may be this actor's request from before the upgrade
+    local old = redis.call('GET', unscoped)
+    if old then
+      local fp, reply, earlier = read_record(old, rid, client, qty, request_id)
+      if earlier then prior_fp, orig = fp, reply end
+    end
+  end
+  local function remember(ev, code, reason, reservation_id, ts, version, remaining)
+    local rec = legacy and cjson.encode({fp = fingerprint, reply = ev})
+      or record_of(fingerprint, code, reason, reservation_id, ts, version, remaining, fmt(ttl))
+    redis.call('SET', keys[7], rec, 'PX', ttl)
+  end
   local r = load_resource(K)
   local lapsed = r and lapse(K, r, now)
   local function rejected(code, reason, record)
     local ev = {'type', 'RESERVATION_REJECTED', 'decision', 'REJECTED', 'code', code,
                 'reason', reason, 'resource_id', rid, 'client_id', client,
                 'quantity', fmt(qty), 'request_id', request_id, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or '',
+                'version', version_of(r),
+                'remaining', remaining_of(r),
                 'idempotency_ttl_ms', record and fmt(ttl) or ''}
-    if record then
-      redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
-    end
+    if record then remember(ev, code, reason, nil, fmt(now), version_of(r), remaining_of(r)) end
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
-    ev[#ev + 1] = 'replayed'
-    ev[#ev + 1] = '0'
-    return ev
+    return with_replayed(ev, '0')
   end
 
-  if prior then
-    local rec = cjson.decode(prior)
-    if rec.fp ~= fingerprint then
+  if orig then
+    if prior_fp ~= fingerprint then
       return rejected('INVALID_STATE', 'REQUEST_ID_REUSED', false)
     end
-    local orig = rec.reply
     local function field(name)
       for i = 1, #orig, 2 do if orig[i] == name then return orig[i + 1] end end
       return ''
@@ -721,15 +826,13 @@ local function reserve(keys, args)
              'code', field('code'), 'reason', field('reason'), 'resource_id', rid,
              'client_id', client, 'quantity', fmt(qty), 'request_id', request_id,
              'reservation_id', field('reservation_id'), 'ts', fmt(now),
-             'version', r and fmt(r.version) or '',
-             'remaining', r and fmt(r.capacity - r.reserved) or ''})
+             'version', version_of(r),
+             'remaining', remaining_of(r)})
     if r then settle(K, r, rid, now, lapsed, false) end
-    orig[#orig + 1] = 'replayed'
-    orig[#orig + 1] = '1'
-    return orig
+    return with_replayed(orig, '1')
   end
 
-  if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', true) end
+  if not r then return rejected('INVALID_STATE', 'UNKNOWN_RESOURCE', false) end
   if r.state ~= 'OPEN' then return rejected('RESOURCE_CLOSED', 'STATE_CLOSED', true) end
   if r.opens_at and now < r.opens_at then return rejected('RESOURCE_CLOSED', 'WINDOW_NOT_OPEN', true) end
   if r.closes_at and now >= r.closes_at then return rejected('RESOURCE_CLOSED', 'WINDOW_CLOSED', true) end
@@ -764,9 +867,9 @@ local function reserve(keys, args)
               'reason', 'CONFIRMED', 'resource_id', rid, 'client_id', client,
               'quantity', qty_s, 'request_id', request_id,
               'reservation_id', reservation_id, 'ts', ts,
-              'version', version_s, 'remaining', fmt(r.capacity - r.reserved),
+              'version', version_s, 'remaining', remaining_of(r),
               'idempotency_ttl_ms', fmt(ttl)}
-  redis.call('SET', keys[7], cjson.encode({fp = fingerprint, reply = ev}), 'PX', ttl)
+  remember(ev, '', 'CONFIRMED', reservation_id, ts, version_s, remaining_of(r))
   emit(K, ev)
   local released = false
   if entry then
@@ -778,12 +881,10 @@ local function reserve(keys, args)
     emit(K, {'type', 'WAITLIST_FULFILLED', 'resource_id', rid, 'client_id', client,
              'quantity', entry.quantity, 'entry_id', entry_id,
              'reservation_id', reservation_id, 'ts', fmt(now),
-             'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved)})
+             'version', version_of(r), 'remaining', remaining_of(r)})
   end
   settle(K, r, rid, now, lapsed, released)
-  ev[#ev + 1] = 'replayed'
-  ev[#ev + 1] = '0'
-  return ev
+  return with_replayed(ev, '0')
 end
 
 local function reservation_fields(b)
@@ -812,7 +913,7 @@ local function cancel(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, reservation_id[, actor]') end
-  if not valid_id(reservation_id) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  if not valid_id(reservation_id) then return bad_id('reservation_id') end
   local actor, aerr = parse_actor(args[3])
   if aerr then return aerr end
   K.actor = actor
@@ -825,8 +926,8 @@ local function cancel(keys, args)
     local ev = {'type', 'CANCEL_REJECTED', 'decision', 'REJECTED', 'code', 'INVALID_STATE',
                 'reason', 'UNKNOWN_RESERVATION', 'resource_id', rid,
                 'reservation_id', reservation_id, 'ts', fmt(now),
-                'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+                'version', version_of(r),
+                'remaining', remaining_of(r)}
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
     return ev
@@ -834,8 +935,8 @@ local function cancel(keys, args)
   local b = cjson.decode(raw)
   if b.status == 'CANCELLED' then
     local ev = append({'type', 'CANCEL_REPLAYED', 'decision', 'CONFIRMED', 'reason', 'ALREADY_CANCELLED',
-                       'ts', fmt(now), 'version', fmt(r.version),
-                       'remaining', fmt(r.capacity - r.reserved)},
+                       'ts', fmt(now), 'version', version_of(r),
+                       'remaining', remaining_of(r)},
                       reservation_fields(b))
     emit(K, ev)
     settle(K, r, rid, now, lapsed, false)
@@ -851,8 +952,8 @@ local function cancel(keys, args)
     redis.call('HDEL', K.cl, b.client_id)
   end
   local ev = append({'type', 'RESERVATION_CANCELLED', 'decision', 'CONFIRMED', 'reason', 'CANCELLED',
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved)},
+                     'ts', fmt(now), 'version', version_of(r),
+                     'remaining', remaining_of(r)},
                     reservation_fields(b))
   emit(K, ev)
   settle(K, r, rid, now, lapsed, true)
@@ -896,7 +997,7 @@ local function wl_join(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 3 and #args ~= 4 then return bad('expected 3 or 4 arguments: resource_id, client_id, quantity[, actor]') end
-  if not valid_id(client) then return bad('client_id must be 1-128 printable ASCII chars') end
+  if not valid_id(client) then return bad_id('client_id') end
   local qty = int_in(qty_s, 1, MAX_INT)
   if not qty then return bad('quantity must be an integer in 1..' .. MAX_INT) end
   local actor, aerr = parse_actor(args[4])
@@ -909,8 +1010,8 @@ local function wl_join(keys, args)
   local function rejected(code, reason)
     local ev = {'type', 'WAITLIST_REJECTED', 'decision', 'REJECTED', 'code', code,
                 'reason', reason, 'resource_id', rid, 'client_id', client,
-                'quantity', fmt(qty), 'ts', fmt(now), 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+                'quantity', fmt(qty), 'ts', fmt(now), 'version', version_of(r),
+                'remaining', remaining_of(r)}
     emit(K, ev)
     if r then settle(K, r, rid, now, lapsed, false) end
     return ev
@@ -920,8 +1021,8 @@ local function wl_join(keys, args)
   if existing then
     local e = cjson.decode(redis.call('HGET', K.we, 'e:' .. existing))
     local ev = append({'type', 'WAITLIST_JOIN_REPLAYED', 'decision', 'CONFIRMED',
-                       'reason', 'ALREADY_JOINED', 'ts', fmt(now), 'version', fmt(r.version),
-                       'remaining', fmt(r.capacity - r.reserved), 'created', '0'},
+                       'reason', 'ALREADY_JOINED', 'ts', fmt(now), 'version', version_of(r),
+                       'remaining', remaining_of(r), 'created', '0'},
                       entry_fields(K, e))
     emit(K, ev)
     settle(K, r, rid, now, lapsed, false)
@@ -955,8 +1056,8 @@ local function wl_join(keys, args)
     r.wl_dirty = true
   end
   local ev = append({'type', 'WAITLIST_JOINED', 'decision', 'CONFIRMED', 'reason', 'JOINED',
-                     'ts', fmt(now), 'version', fmt(r.version),
-                     'remaining', fmt(r.capacity - r.reserved), 'created', '1'},
+                     'ts', fmt(now), 'version', version_of(r),
+                     'remaining', remaining_of(r), 'created', '1'},
                     entry_fields(K, e, true))
   emit(K, ev)
   settle(K, r, rid, now, lapsed, false)
@@ -981,7 +1082,7 @@ local function wl_leave(keys, args)
   local K, err = write_keys(keys, rid, 9, 7)
   if not K then return err end
   if #args ~= 2 and #args ~= 3 then return bad('expected 2 or 3 arguments: resource_id, entry_id[, actor]') end
-  if not valid_id(entry_id) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  if not valid_id(entry_id) then return bad_id('entry_id') end
   local actor, aerr = parse_actor(args[3])
   if aerr then return aerr end
   K.actor = actor
@@ -990,8 +1091,8 @@ local function wl_leave(keys, args)
   -- writes start here
   local lapsed = r and lapse(K, r, now)
   local raw = redis.call('HGET', K.we, 'e:' .. entry_id)
-  local base = {'ts', fmt(now), 'version', r and fmt(r.version) or '',
-                'remaining', r and fmt(r.capacity - r.reserved) or ''}
+  local base = {'ts', fmt(now), 'version', version_of(r),
+                'remaining', remaining_of(r)}
   if not raw or not r then
     local ev = append({'type', 'WAITLIST_LEAVE_REJECTED', 'decision', 'REJECTED',
                        'code', 'INVALID_STATE', 'reason', 'UNKNOWN_ENTRY',
@@ -1006,7 +1107,7 @@ local function wl_leave(keys, args)
     local ev = append({'type', left and 'WAITLIST_LEAVE_REPLAYED' or 'WAITLIST_LEAVE_REJECTED',
                        'decision', left and 'CONFIRMED' or 'REJECTED',
                        'code', left and '' or 'INVALID_STATE',
-                       'reason', left and 'ALREADY_LEFT' or 'ENTRY_' .. e.status},
+                       'reason', left and 'ALREADY_LEFT' or e.status == 'FULFILLED' and 'ENTRY_FULFILLED' or 'ENTRY_EXPIRED'},
                       append(base, entry_fields(K, e)))
     emit(K, ev)
     settle(K, r, rid, now, lapsed, false)
@@ -1058,7 +1159,7 @@ local function wl_sweep(keys, args)
   end
   local lapsed = lapse(K, r, now)
   local ev = {'type', 'WAITLIST_SWEPT', 'decision', 'CONFIRMED', 'reason', 'SWEPT', 'resource_id', rid,
-              'ts', fmt(now), 'version', fmt(r.version), 'remaining', fmt(r.capacity - r.reserved),
+              'ts', fmt(now), 'version', version_of(r), 'remaining', remaining_of(r),
               'expired', fmt(#lapsed)}
   -- what fits is known only after notifying, and the decision is logged
   -- before its consequences: the stream entry is added first, its count
@@ -1159,7 +1260,7 @@ local function reservation_get(keys, args)
   local rid = args[1]
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
-  if not valid_id(args[2]) then return bad('reservation_id must be 1-128 printable ASCII chars') end
+  if not valid_id(args[2]) then return bad_id('reservation_id') end
   local raw = redis.call('HGET', K.bk, args[2])
   if not raw then return {} end
   local b = cjson.decode(raw)
@@ -1178,7 +1279,7 @@ local function wl_position(keys, args)
   local rid = args[1]
   local K, err = resource_keys(keys, rid, 6)
   if not K then return err end
-  if not valid_id(args[2]) then return bad('entry_id must be 1-128 printable ASCII chars') end
+  if not valid_id(args[2]) then return bad_id('entry_id') end
   local raw = redis.call('HGET', K.we, 'e:' .. args[2])
   if not raw then return {} end
   return entry_fields(K, cjson.decode(raw))

@@ -12,6 +12,7 @@ and delivers. One module, one job:
   schedule   when a failed attempt is tried again
   sender     one HTTP attempt: resolve, check, connect to the checked address
   worker     the delivery loop: endpoints owned one notifier at a time, attempts leased
+  retention  finished deliveries deleted after RESV_WEBHOOK_RETENTION_DAYS
   manage     the endpoints and their delivery log: the only module the API uses
   run        `resv notifier`
 """

@@ -6,9 +6,10 @@ RESV_WEBHOOK_ALLOW_PRIVATE=1 loopback and private ranges are allowed (a
 receiver on this machine or network), link-local never: 169.254.169.254 is
 where clouds serve their instance credentials.
 
-The same check runs at registration and at every attempt, on the addresses
-the name resolves to then; the attempt connects to the address it checked
-(sender.py), so a name that resolves elsewhere the second time gains nothing.
+The same check runs at registration and at every new connection, on the
+addresses the name resolves to then; the connection goes to an address it
+checked (sender.py), so a name that resolves elsewhere the second time
+gains nothing.
 """
 
 from __future__ import annotations
@@ -96,13 +97,18 @@ def default_port(parts: SplitResult) -> int:
     return parts.port or (443 if parts.scheme == "https" else 80)
 
 
-async def checked_address(parts: SplitResult, *, allow_private: bool) -> Address:
-    """The address to connect to: the first the name resolves to, if every
-    address it resolves to is allowed (a name that resolves to a public and a
-    private address is refused: it has no business doing so)."""
-    addresses = await resolve(parts.hostname or "", default_port(parts))
+async def allowed_addresses(host: str, port: int, *, allow_private: bool) -> list[Address]:
+    """The addresses a host resolves to, if every one is allowed (a name
+    that resolves to a public and a private address is refused: it has no
+    business doing so); else UrlRefused."""
+    addresses = await resolve(host, port)
     for address in addresses:
         why = refusal(address, allow_private=allow_private)
         if why is not None:
             raise UrlRefused(f"the host resolves to {why}")
-    return addresses[0]
+    return addresses
+
+
+async def checked_address(parts: SplitResult, *, allow_private: bool) -> Address:
+    """The first address the URL's host resolves to, if all are allowed."""
+    return (await allowed_addresses(parts.hostname or "", default_port(parts), allow_private=allow_private))[0]

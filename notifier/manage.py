@@ -201,7 +201,8 @@ class WebhookStore:
 
     async def delete(self, webhook_id: str) -> bool:
         """Deletes the endpoint (its secrets are forgotten); its pending
-        deliveries end CANCELLED. The delivery log stays in the database."""
+        deliveries end CANCELLED. The delivery log stays in the database until
+        retention deletes it (and then the endpoint's row: retention.py)."""
         async with self.pool.connection() as conn, conn.transaction():
             cur = await conn.execute(
                 """UPDATE webhooks SET deleted_at = now(), enabled = false, secret = '',
@@ -319,9 +320,16 @@ class WebhookStore:
     async def metrics(self) -> dict[str, Any]:
         """What /metrics shows, computed from PostgreSQL now."""
         async with self.pool.connection() as conn:
+            # The rows there and those retention deleted (webhook_delivery_totals),
+            # in one statement: one snapshot, so a prune between reads counts nothing twice.
             cur = await conn.execute(
-                "SELECT status, count(*), coalesce(sum(attempts), 0) FROM webhook_deliveries GROUP BY status")
-            by_status = {status: (n, attempts) for status, n, attempts in await cur.fetchall()}
+                """SELECT status, sum(n), sum(tries) FROM (
+                       SELECT status, count(*) AS n, coalesce(sum(attempts), 0) AS tries
+                       FROM webhook_deliveries GROUP BY status
+                       UNION ALL
+                       SELECT status, deliveries, attempts FROM webhook_delivery_totals) AS both_
+                   GROUP BY status""")
+            by_status = {status: (int(n), int(attempts)) for status, n, attempts in await cur.fetchall()}
             cur = await conn.execute(
                 "SELECT count(*), extract(epoch FROM now() - min(created_at)) FROM webhook_deliveries "
                 "WHERE status = 'PENDING'")

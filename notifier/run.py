@@ -27,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request, with the URL
     settings = NotifierSettings.from_env()
     database_url = args.database_url or settings.database_url
     if not database_url:
@@ -57,8 +56,9 @@ async def serve(database_url: str, settings: NotifierSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     # Unchecked: every statement of the loop is retried after a failure, and
-    # a check would cost a round trip per claim.
-    pool = await open_pool(database_url, max_size=4, timeout=5.0, check=False)
+    # a check would cost a round trip per claim. Autocommit: each statement
+    # of the notifier stands alone (worker.py).
+    pool = await open_pool(database_url, max_size=4, timeout=5.0, check=False, autocommit=True)
     try:
         await Notifier(pool, settings, database_url=database_url).run(stop)
     finally:

@@ -33,6 +33,15 @@ class NotifierSettings(msgspec.Struct, frozen=True, kw_only=True):
     """RESV_WEBHOOK_ALLOW_PRIVATE=1: endpoints may be on loopback and private
     addresses (a receiver on the same machine or network); link-local
     (cloud metadata) and multicast stay refused."""
+    retention_days: float = 30.0
+    """RESV_WEBHOOK_RETENTION_DAYS: finished deliveries (DELIVERED, FAILED,
+    CANCELLED) are deleted this long after they finished; 0 keeps them
+    forever. PENDING deliveries are never deleted (notifier/retention.py)."""
+    prune_every_s: float = 60.0
+    """How often a notifier deletes what the retention let go (no variable:
+    tests shorten it)."""
+    prune_batch: int = 1000
+    """Deliveries deleted per transaction (no variable: tests shorten it)."""
     name: str = ""
     """RESV_NOTIFIER_NAME: this notifier's name in `webhooks.owner`; host:pid by default."""
 
@@ -50,6 +59,7 @@ class NotifierSettings(msgspec.Struct, frozen=True, kw_only=True):
             concurrency=num("RESV_WEBHOOK_CONCURRENCY", 4, int) or 4,
             backoff_base_s=num("RESV_WEBHOOK_BACKOFF_BASE_S", 5.0) or 5.0,
             retry_horizon_s=num("RESV_WEBHOOK_RETRY_HORIZON_S", 93_600.0) or 93_600.0,
+            retention_days=num("RESV_WEBHOOK_RETENTION_DAYS", 30.0),
             allow_private=env.get("RESV_WEBHOOK_ALLOW_PRIVATE", "") in ("1", "true", "yes"),
             name=env.get("RESV_NOTIFIER_NAME") or f"{socket.gethostname()}:{os.getpid()}",
         )

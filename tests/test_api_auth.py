@@ -13,7 +13,8 @@ from resv.api.settings import ApiSettings, parse_api_keys
 from resv.engine.settings import Settings as EngineSettings
 from tests.api_support import CL, CLIENT_KEY, OP, OPERATOR_KEY, api, create_resource
 
-PUBLIC = [("GET", "/health", None), ("GET", "/schema/openapi.json", None), ("GET", "/schema", None)]
+PUBLIC = [("GET", "/health", None), ("GET", "/schema/openapi.json", None), ("GET", "/schema", None),
+          ("GET", "/ready", None)]
 CLIENT_ROUTES = [
     ("GET", "/availability?resource_id=gig", None),
     ("POST", "/reservations", {"resource_id": "gig", "quantity": 1, "client_id": "ann"}),
@@ -28,7 +29,6 @@ OPERATOR_ROUTES = [
     ("GET", "/resources/gig", None),
     ("PATCH", "/resources/gig", {"capacity": 3}),
     ("GET", "/metrics", None),
-    ("GET", "/ready", None),
     ("GET", "/ops/resources/gig/timeline", None),
     ("GET", "/ops/requests/some-request", None),
     ("GET", "/webhooks/event-types", None),

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 import logging
 
+import pytest
+
 from resv.api.oplog import JsonFormatter
 from resv.embedded import free_port
+from resv.engine import Engine
+from resv.engine.settings import Settings as EngineSettings
 from tests.api_support import CL, OP, api, create_resource, reserve
 
 
@@ -22,7 +26,7 @@ async def test_ready_checks_redis_and_the_library(redis_url):
         assert r.status_code == 200
         assert r.json() == {"status": "ready",
                             "checks": {"redis": "up", "library": "up", "state": "up", "durability": "up",
-                                       "postgres": "not_configured"},
+                                       "audit": "not_configured"},
                             "archiver_lag": {"entries": 0, "seconds": 0.0}}
 
 
@@ -46,21 +50,34 @@ async def test_ready_reloads_a_flushed_library(redis_url):
         await create_resource(c, "gig", 1)  # and commits work again
 
 
-async def test_ready_reports_postgres_down(redis_url):
+async def test_ready_reports_the_audit_down_without_failing_readiness(redis_url):
+    """Commits need Redis alone: PostgreSQL down is reported, not judged."""
     async with api(redis_url):  # the deployment is recorded
         pass
     async with api(redis_url, database_url=f"postgresql://resv@127.0.0.1:{free_port()}/resv") as c:
         r = await c.get("/ready", headers=OP)
-        assert r.status_code == 503
+        assert r.status_code == 200
         assert r.json()["checks"] == {"redis": "up", "library": "up", "state": "up", "durability": "up",
-                                      "postgres": "down"}
-        assert r.json()["error"] == "UNAVAILABLE"
+                                      "audit": "down"}
+        assert r.json()["status"] == "ready"
+        assert (await c.get("/ready")).status_code == 200
 
 
 async def test_ready_with_postgres_up(redis_url, pg_server):
     async with api(redis_url, database_url=pg_server.url) as c:
         r = await c.get("/ready", headers=OP)
-        assert (r.status_code, r.json()["checks"]["postgres"]) == (200, "up")
+        assert (r.status_code, r.json()["checks"]["audit"]) == (200, "up")
+
+
+@pytest.mark.parametrize("headers", [{}, CL, {"Authorization": "Bearer not-a-key"}], ids=["none", "client", "unknown"])
+async def test_ready_without_the_operator_key_says_only_whether_it_can_commit(redis_url, headers):
+    async with api(redis_url) as c:
+        r = await c.get("/ready", headers=headers)
+        assert (r.status_code, r.json()) == (200, {"status": "ready"})
+    async with api(redis_url, engine=Engine(EngineSettings(redis_url=f"redis://127.0.0.1:{free_port()}",
+                                                           socket_timeout=0.2, retries=0))) as c:
+        r = await c.get("/ready", headers=headers)
+        assert (r.status_code, r.json()) == (503, {"status": "unavailable", "error": "UNAVAILABLE"})
 
 
 async def test_metrics(redis_url):
@@ -141,6 +158,10 @@ async def test_openapi_document(redis_url):
     for key, op in operations.items():
         if key == ("GET", "/health"):
             assert "security" not in op
+            continue
+        if key == ("GET", "/ready"):  # the key is optional: it adds the details
+            assert op.get("security") == [{}, {"bearerAuth": []}]
+            assert {"200", "503"} <= set(op["responses"])
             continue
         assert op.get("security") == [{"bearerAuth": []}], key
         assert {"401", "503"} <= set(op["responses"]), key

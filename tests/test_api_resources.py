@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
+from resv.engine import keys
 from tests.api_support import CL, ISO_UTC_US, OP, api, create_resource, reserve
 
 FULL_STATE = {"resource_id", "type", "capacity", "reserved", "remaining", "state", "status", "version",
@@ -132,11 +134,16 @@ async def test_patch_refusals(redis_url):
                             ({"capacity": None}, "capacity"), ({"version": 3}, "version")):
             r = await c.patch("/resources/gig", headers={**OP, "If-Match": "1"}, json=body)
             assert r.status_code == 400 and field in r.json()["detail"], (body, r.json())
-        # a window that conflicts with the stored one is refused by the engine, still a 400
+        # a window that conflicts with the stored one is refused by the engine, still a 400,
+        # and logged as the engine's decision (every refused attempt is audited)
         await c.patch("/resources/gig", headers={**OP, "If-Match": "1"}, json={"closes_at": "2030-01-01T00:00:00Z"})
         r = await c.patch("/resources/gig", headers={**OP, "If-Match": "2"}, json={"opens_at": "2031-01-01T00:00:00Z"})
-        assert r.status_code == 400 and r.json()["error"] == "BAD_REQUEST"
+        assert (r.status_code, r.json()["error"]) == (400, "BAD_REQUEST") and "closes_at" in r.json()["detail"]
         assert (await c.get("/resources/gig", headers=OP)).json()["version"] == 2
+    with redis.Redis.from_url(redis_url, decode_responses=True) as r:
+        last = r.xrevrange(keys.stream_key(keys.partition_of("gig", 16)), count=1)[0][1]
+    assert (last["type"], last["reason"], last["requested"]) == (
+        "RULES_REJECTED", "WINDOW_INVERTED", '["opens_at","1924992000000000"]')
 
 
 async def test_get_reads_the_source_of_truth_not_the_cache(redis_url):

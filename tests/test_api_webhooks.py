@@ -201,3 +201,42 @@ async def test_bad_input_on_the_other_routes(redis_url, database_url, allow_priv
             response = await c.request(method, path, headers=OP, json={"enabled": True} if method == "PATCH" else None)
             assert (response.status_code, response.json()) == (404, {"error": "NOT_FOUND"}), (method, path)
         assert await snapshot(pool) == before
+
+
+NOT_OBJECTS = [b"{", b"not json", b"[]", b'["*"]', b"null", b"42", b'"url"', b'{"url": "' + URL.encode() + b'",}']
+
+
+@pytest.mark.parametrize("raw", NOT_OBJECTS, ids=lambda r: r.decode())
+async def test_bodies_that_are_not_json_objects_are_400s_that_write_nothing(redis_url, database_url, allow_private,
+                                                                             pool, raw):
+    async with api(redis_url, database_url=database_url) as c:
+        hook = await create(c)
+        before = await snapshot(pool)
+        for method, path in (("POST", "/webhooks"), ("PATCH", f"/webhooks/{hook['webhook_id']}")):
+            response = await c.request(method, path, headers={**OP, "Content-Type": "application/json"},
+                                       content=raw)
+            assert response.status_code == 400, (method, raw, response.text)
+            assert response.json()["error"] == "BAD_REQUEST"
+            assert hook["secret"] not in response.text
+            assert_no_leak(response.text)
+        assert await snapshot(pool) == before
+
+
+async def test_retrying_a_delivered_or_cancelled_delivery_is_409_and_writes_nothing(
+        redis_url, database_url, allow_private, pool):
+    async with api(redis_url, database_url=database_url) as c:
+        hook = await create(c)
+        hid = hook["webhook_id"]
+        for _ in range(2):
+            assert (await c.post(f"/webhooks/{hid}/test", headers=OP)).status_code == 202
+        async with pool.connection() as conn:  # one taken by a receiver, one cancelled (what a notifier writes)
+            ids = [r[0] for r in await (await conn.execute(
+                "SELECT delivery_id FROM webhook_deliveries ORDER BY delivery_id")).fetchall()]
+            await conn.execute("UPDATE webhook_deliveries SET status = 'DELIVERED', attempts = 1, "
+                               "delivered_at = now() WHERE delivery_id = %s", (ids[0],))
+            await conn.execute("UPDATE webhook_deliveries SET status = 'CANCELLED' WHERE delivery_id = %s", (ids[1],))
+        before = await snapshot(pool)
+        for delivery_id in ids:
+            response = await c.post(f"/webhooks/{hid}/deliveries/{delivery_id}/retry", headers=OP)
+            assert (response.status_code, response.json()) == (409, {"error": "INVALID_STATE"})
+        assert await snapshot(pool) == before

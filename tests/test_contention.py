@@ -47,9 +47,8 @@ async def reserve_over_connections(url: str, resource_id: str, calls: int, conne
 
     async def one(i: int):
         rq = uuid.uuid4().hex
-        req = keys.request_key(resource_id, rq, PARTITIONS)
         flat = await clients[i % connections].execute_command(
-            "FCALL", "resv_reserve", 10, *keys.reserve_keys(resource_id, req, PARTITIONS),
+            "FCALL", "resv_reserve", 10, *keys.reserve_keys(resource_id, rq, PARTITIONS),
             resource_id, f"c{i}", "1", rq)
         return dict(zip(flat[::2], flat[1::2]))
 

@@ -19,7 +19,7 @@ from resv.engine import (
     keys,
 )
 from tests.api_support import OP, api, create_resource, reserve
-from tests.support import snapshot
+from tests.support import as_dict, snapshot
 
 
 async def test_strict_accepts_fsync_always(redis_server):
@@ -132,13 +132,16 @@ async def test_wait_replicas_without_replica_reports_recorded_decision():
         settings = Settings(redis_url=server.url, wait_replicas=1, wait_timeout_ms=100)
         async with Engine(settings) as engine:
             await engine.create_resource(ResourceSpec(resource_id="w", type="t", capacity=5))
-            with pytest.raises(NotReplicated):
+            with pytest.raises(NotReplicated) as first:
                 await engine.reserve("w", "al", 1, "req-1")
             # reads do not wait; the decision is recorded and a retry returns it
             assert (await engine.resource("w")).reserved == 1
-            with pytest.raises(NotReplicated) as err:
+            with pytest.raises(NotReplicated) as again:
                 await engine.reserve("w", "al", 1, "req-1")
-            assert "replayed" in err.value.reply
+            decided, replayed = as_dict(first.value.reply), as_dict(again.value.reply)
+            assert (decided["type"], decided["replayed"]) == ("RESERVATION_CONFIRMED", "0")
+            assert replayed == {**decided, "replayed": "1"}
+            assert (await engine.resource("w")).reserved == 1
 
 
 async def test_wait_replicas_with_a_replica_confirms():

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from resv.embedded import EmbeddedRedis
-from resv.engine import Engine, EngineUnavailable, ResourceSpec, Settings, keys
+from resv.engine import Engine, EngineUnavailable, ReservationConfirmed, ResourceSpec, Settings, keys
 from tests.history import Observation, check
 from tests.report import record
 from tests.support import events, open_lane
@@ -37,7 +37,7 @@ async def client_loop(engine: Engine, resource_id: str, observations: list, stop
             except EngineUnavailable:
                 await asyncio.sleep(0.05)
         observations.append(Observation(rq, resource_id, answer and answer.decision,
-                                        answer and answer.reservation_id))
+                                        answer.reservation_id if isinstance(answer, ReservationConfirmed) else None))
 
 
 @pytest.mark.slow

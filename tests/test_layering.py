@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PARTS = {"engine": "resv.engine", "api": "resv.api", "archiver": "resv.archiver", "notifier": "resv.notifier"}
 COMPOSITION = ("resv.cli", "resv.commands", "resv.embedded", "resv.embedded_pg", "resv.embedded_cluster", "resv.scratch", "resv.demo")
 ENGINE_PUBLIC = {"resv.engine", "resv.engine.types", "resv.engine.codes", "resv.engine.errors",
-                 "resv.engine.keys", "resv.engine.settings"}
+                 "resv.engine.keys", "resv.engine.limits", "resv.engine.settings"}
 
 
 def imported(path: Path) -> set[str]:

@@ -25,6 +25,7 @@ LUA = Path(__file__).resolve().parent.parent / "lua"
 # Released libraries never change: replaying an old audit depends on it.
 RELEASED_SHA256 = {
     1: "ef88d92b74138f7202dab7cedfd5ac7ad989d976fe9208e7c414bed915bc312d",
+    2: "2d132ea975f5d6f919dce18c64a0d9fbfc3177854db08c4bc7b522cd435e6cfc",
 }
 
 

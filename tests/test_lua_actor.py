@@ -25,7 +25,7 @@ def r(redis_url: str):
 def call(r, fn: str, rid: str, *args: str, extra_keys: tuple = ()) -> tuple[dict, list[dict]]:
     """The reply, and the events the call appended (every call here is a
     write: it takes the waiting-list keys last)."""
-    ks = rkeys(rid) + list(extra_keys) + wkeys(rid)
+    ks = rkeys(rid) + list(extra_keys[:1]) + wkeys(rid) + list(extra_keys[1:])  # resv_reserve's KEYS[11] last
     stream = ks[5]
     last = r.xrevrange(stream, count=1)
     reply = as_dict(r.execute_command("FCALL", fn, len(ks), *ks, rid, *args))
@@ -33,8 +33,11 @@ def call(r, fn: str, rid: str, *args: str, extra_keys: tuple = ()) -> tuple[dict
     return reply, added
 
 
-def req(rid: str, request_id: str) -> tuple[str]:
-    return (keys.request_key(rid, request_id, PARTITIONS),)
+def req(rid: str, request_id: str, actor: str | None = None) -> tuple[str, ...]:
+    """KEYS[7]; with an actor the request id is scoped to it (issue 16), and
+    the unscoped key comes last (KEYS[11])."""
+    scoped = keys.request_key(rid, request_id, PARTITIONS, actor)
+    return (scoped, keys.request_key(rid, request_id, PARTITIONS)) if actor else (scoped,)
 
 
 def test_every_write_records_its_actor_in_every_event(r):
@@ -46,13 +49,13 @@ def test_every_write_records_its_actor_in_every_event(r):
         return reply
 
     by("ops-script", "resv_create", "hall", "meetup", "1", "", "", "1", "", "", "ops-script")
-    by("client#1", "resv_reserve", "hall", "al", "1", "q1", "", "client#1", extra_keys=req("hall", "q1"))
+    by("client#1", "resv_reserve", "hall", "al", "1", "q1", "", "client#1", extra_keys=req("hall", "q1", "client#1"))
     by("client#2", "resv_wl_join", "hall", "bo", "1", "client#2")
     by("client#1", "resv_reserve", "hall", "cy", "1", "q2", "", "client#1",
-       extra_keys=req("hall", "q2"))                                          # rejected: full
+       extra_keys=req("hall", "q2", "client#1"))                                          # rejected: full
     by("client#1", "resv_cancel", "hall", "hall~1", "client#1")              # notifies bo
     by("client#2", "resv_reserve", "hall", "bo", "1", "q3", "60000", "client#2",
-       extra_keys=req("hall", "q3"))                                          # fulfils bo's entry
+       extra_keys=req("hall", "q3", "client#2"))                                          # fulfils bo's entry
     by("client#3", "resv_wl_join", "hall", "dd", "1", "client#3")
     by("operator#1", "resv_configure", "hall", "1", "actor", "operator#1", "capacity", "3")  # notifies dd
     by("operator#1", "resv_configure", "hall", "2", "capacity", "2", "actor", "operator#1")
@@ -80,5 +83,5 @@ def test_no_actor_records_none(r):
         _, added = call(r, "resv_create", rid, "meetup", "1", "", "", "0", "", "", *actor_args)
         assert "actor" not in added[0] and added[0]["lib"] == LIB
     # ARGV[5] '' is the default ttl, so a caller can give an actor without one
-    reply, added = call(r, "resv_reserve", "r0", "al", "1", "q", "", "ops", extra_keys=req("r0", "q"))
+    reply, added = call(r, "resv_reserve", "r0", "al", "1", "q", "", "ops", extra_keys=req("r0", "q", "ops"))
     assert reply["idempotency_ttl_ms"] == "86400000" and added[0]["actor"] == "ops"

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 
+from resv.engine.library import library_version
 from tests.conftest import empty_backend
 from tests.support import as_dict, create, events, fcall, reserve, rkeys, snapshot, wkeys
 
@@ -209,6 +210,38 @@ def test_configure_cas_and_capacity_floor(r):
     d = fcall(r, "resv_configure", "cf", "2", "max_per_request", "", "state", "CLOSED")
     assert d["version"] == "3" and "max_per_request" not in {k for k, v in d.items() if v}
     assert d["state"] == "CLOSED"
+
+
+@pytest.mark.parametrize("stored", ["none", "stale", "current"])
+def test_configure_with_an_inverted_window_in_the_call_is_malformed(r, stored):
+    """Whatever is stored (no resource, another version, this one), a call
+    that itself asks for closes_at <= opens_at writes nothing and logs nothing."""
+    if stored != "none":
+        create(r, "win", 5)
+    version = "7" if stored == "stale" else "1"
+    before = snapshot(r)
+    for opens, closes in (("9", "3"), ("5", "5")):
+        with pytest.raises(redis.ResponseError, match="^BAD_ARGUMENT opens_at must be before closes_at"):
+            fcall(r, "resv_configure", "win", version, "capacity", "4", "opens_at", opens, "closes_at", closes)
+    assert snapshot(r) == before
+
+
+def test_configure_inverting_the_stored_window_is_a_logged_rejection(r):
+    create(r, "win", 5, opens_at="1000", closes_at="9000")
+    before = snapshot(r)
+    d = fcall(r, "resv_configure", "win", "1", "closes_at", "1000")
+    assert (d["type"], d["decision"], d["code"], d["reason"]) == (
+        "RULES_REJECTED", "REJECTED", "INVALID_STATE", "WINDOW_INVERTED")
+    assert (d["version"], d["remaining"], d["expected_version"]) == ("1", "5", "1")
+    ev = assert_only_event_added(r, before, "RULES_REJECTED", "WINDOW_INVERTED")
+    assert ev["requested"] == '["closes_at","1000"]' and ev == {**{k: v for k, v in d.items() if v}, "lib": str(library_version())}
+    # clearing one bound together with moving the other is no inversion
+    d = fcall(r, "resv_configure", "win", "1", "opens_at", "", "closes_at", "500")
+    assert (d["type"], d["opens_at"], d["closes_at"]) == ("RULES_CHANGED", "", "500")
+    before = snapshot(r)
+    d = fcall(r, "resv_configure", "win", "2", "opens_at", "500")
+    assert d["reason"] == "WINDOW_INVERTED" and d["version"] == "2"
+    assert_only_event_added(r, before, "RULES_REJECTED", "WINDOW_INVERTED")
 
 
 def test_waitlist_join_position_leave(r):

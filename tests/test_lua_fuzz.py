@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from resv.engine import keys
+from resv.engine.codes import CONSEQUENCES, EventType, Reason
 from resv.engine.library import library_source, library_version
 from tests.report import record
 from tests.support import PARTITIONS, WRITES, create, own, rkeys, snapshot, wkeys
@@ -42,7 +43,8 @@ def valid_keys(rid: str, fn: str, args: list) -> list[str]:
     ks = rkeys(rid)
     if fn == "resv_reserve":
         rq = args[3] if len(args) > 3 and isinstance(args[3], str) else "q"
-        ks.append(keys.request_key(rid, rq, PARTITIONS))
+        actor = args[5] if len(args) > 5 and isinstance(args[5], str) and args[5] else None
+        return list(keys.reserve_keys(rid, rq, PARTITIONS, actor))  # an actor scopes the request id
     return ks + wkeys(rid) if fn in WRITES else ks
 
 
@@ -183,7 +185,9 @@ def test_fuzz_lua_entry_points(fuzz_redis):
         assert isinstance(reply, list)
         if reply and fn not in ("resv_resource", "resv_reservation", "resv_wl_position"):
             d = dict(zip(reply[::2], reply[1::2]))
+            assert d["type"] in {t.value for t in EventType} - CONSEQUENCES, d
             assert d["decision"] in ("CONFIRMED", "REJECTED")
+            assert d.get("reason", "") in {r.value for r in Reason} | {""}, d
             if d["decision"] == "REJECTED":
                 assert d["code"] in ("RESOURCE_FULL", "RESOURCE_CLOSED", "INVALID_STATE")
             counts["decision"] += 1

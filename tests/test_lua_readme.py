@@ -44,13 +44,18 @@ def test_readme_example_runs(redis_url, tmp_path):
     assert r.hget(k, "notified") == "0" and r.zcard("resv:{p8}:notified") == 0
     events = [f for _, f in r.xrange("resv:{p8}:events")]
     types = [f["type"] for f in events]
-    # who asked: given on create, configure and close, absent elsewhere
-    assert [f.get("actor") for f in events] == ["ops-alice"] + [None] * 6 + ["ops-alice", "ops-alice", None]
+    # who asked: given on create, the scoped reserve, configure and close, absent elsewhere
+    assert [f.get("actor") for f in events] == (["ops-alice", None, None, "client#1"] + [None] * 4
+                                                + ["ops-alice", "ops-alice", None])
     assert {f["lib"] for f in events} == {str(library_version())}
     assert types == [
-        "RESOURCE_CREATED", "RESERVATION_CONFIRMED", "RESERVATION_REPLAYED", "WAITLIST_JOINED",
+        "RESOURCE_CREATED", "RESERVATION_CONFIRMED", "RESERVATION_REPLAYED", "RESERVATION_REJECTED",
+        "WAITLIST_JOINED",
         "RESERVATION_CANCELLED", "WAITLIST_NOTIFIED", "WAITLIST_LEFT", "RULES_CHANGED",
         "RULES_CHANGED", "RULES_CHANGED",
     ]
+    rejected = [f for _, f in r.xrange("resv:{p8}:events") if f["type"] == "RESERVATION_REJECTED"]
+    assert rejected[0]["actor"] == "client#1" and rejected[0]["reason"] == "SOLD_OUT"
+    assert r.exists("resv:{p8}:req:concert-42@client#1:op-1")
     assert r.hgetall("resv:{p8}:deployment")["deployment_id"] == "demo-deployment"
     r.close()

@@ -76,6 +76,8 @@ def test_wheel_contains_lua_and_migrations(tmp_path: Path) -> None:
             # the console's templates and assets ship inside the package (no CDN)
             "resv/api/console/templates/resource.html", "resv/api/console/static/console.css",
             "resv/api/console/static/console.js"} <= names
+    from resv.api.docs import REDOC_VERSION  # the OpenAPI page's assets, served from the package
+    assert f"resv/api/static/redoc-{REDOC_VERSION}/redoc.standalone.js" in names
     # One top-level import package: nothing else that an application's own
     # `api` or `engine` module could shadow or be shadowed by.
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}

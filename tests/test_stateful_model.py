@@ -176,7 +176,8 @@ class Model(RuleBasedStateMachine):
         lapsed = self.lapse(m, now) if m else []
         expected = self.expect_reserve(rid, client, qty)
         assert (d["decision"], d["reason"]) == expected
-        self.requests[(rid, request_id)] = (client, qty, d)
+        if d["reason"] != "UNKNOWN_RESOURCE":  # not remembered: a retry is decided afresh
+            self.requests[(rid, request_id)] = (client, qty, d)
         fulfilled, freed = [], False
         if d["decision"] == "CONFIRMED":
             m.reserved += qty

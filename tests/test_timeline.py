@@ -170,3 +170,41 @@ async def test_timeline_command(engine, database_url, make_archiver, capsys) -> 
     assert await asyncio.to_thread(main, [*argv, "--json"]) == 0
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["reason"] for e in events[1:]] == ["CONFIRMED", "CONFIRMED", "SOLD_OUT", "SOLD_OUT"]
+
+
+async def test_a_request_lookup_after_200_replays_answers_within_the_deadline(engine) -> None:
+    """Without PostgreSQL: one pass over the stream per page, not one per
+    returned decision (201 decisions in a ~20k-entry stream took minutes)."""
+    from tests.api_support import OP, api
+
+    # another resource in gig's partition: its traffic shares gig's stream
+    other = next(f"other-{n}" for n in range(1000)
+                 if partition_of(f"other-{n}", PARTITIONS) == partition_of("gig", PARTITIONS))
+    await create(engine, "gig", 10)
+    await create(engine, other, 10)
+    await engine.reserve("gig", "ann", 1, "retried")
+    for start in range(0, 20_000, 1000):
+        await asyncio.gather(*(engine.reserve(other, f"c{n}", 1, f"o{n}") for n in range(start, start + 1000)))
+    for _ in range(4):
+        await asyncio.gather(*(engine.reserve("gig", "ann", 1, "retried") for _ in range(50)))
+    async with api(engine.settings.redis_url, request_deadline_s=3.0) as client:
+        pages, after = [], None
+        while True:
+            # past the deadline the API answers 503 itself; the bound only stops a test of the old code
+            async with asyncio.timeout(30):
+                r = await client.get("/ops/requests/retried",
+                                     params={"limit": 150, **({"after": after} if after else {})}, headers=OP)
+            assert r.status_code == 200, r.text
+            pages.append(r.json()["decisions"])
+            after = r.json().get("next")
+            if after is None:
+                break
+    assert [len(p) for p in pages] == [150, 51]
+    found = [d for p in pages for d in p]
+    assert [d["event"]["type"] for d in found] == ["RESERVATION_CONFIRMED"] + ["RESERVATION_REPLAYED"] * 200
+    # gig's decisions: created, then the request and its replays (other traffic is another resource)
+    assert [d["position"] for d in found] == list(range(2, 203))
+    narrowed = await request_decisions(engine.redis, None, "retried", PARTITIONS, resource_id="gig", limit=1000)
+    assert [d.position for d in narrowed.decisions] == list(range(2, 203)) and narrowed.next is None
+    with pytest.raises(InvalidCursor):
+        await request_decisions(engine.redis, None, "retried", PARTITIONS, after="bm90LWEtcGxhY2U")

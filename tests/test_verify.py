@@ -20,7 +20,8 @@ from resv.archiver.timeline import event_from_entry
 from resv.archiver.verify import verify
 from resv.cli import main
 from resv.engine import Engine, ResourceSpec, Settings
-from resv.engine.keys import resource_keys
+from resv.engine.codes import EventType, Reason
+from resv.engine.keys import resource_keys, stream_key
 from resv.engine.library import library_source
 from resv.scratch import scratch_server
 from tests.archiver_support import (
@@ -30,7 +31,9 @@ from tests.archiver_support import (
 )
 
 
-async def every_kind_of_decision(engine: Engine) -> None:
+async def every_kind_of_decision(engine: Engine, *, actors: bool = True, release: int | None = None) -> None:
+    """release 1 refused an inverted window as malformed and had no notify
+    window, sweep or quantity index: its run leaves those calls out."""
     now = int(time.time() * 1_000_000)
     await create(engine, "a", 3, waitlist_enabled=True, max_per_request=2)
     await engine.create_resource(ResourceSpec(resource_id="a", type="meetup", capacity=9))  # exists
@@ -62,6 +65,11 @@ async def every_kind_of_decision(engine: Engine) -> None:
     await engine.join_waitlist("ghost", "x", 1)
     await create(engine, "later", 5, opens_at=now + 3_600_000_000)
     await engine.reserve("later", "x", 1, "r7")                  # window not open
+    if release != 1:
+        await engine.configure("later", 1, {"closes_at": now})   # would close before it opens
+    await engine.join_waitlist("later", "x", 1)                  # waiting list disabled
+    await create(engine, "e", 0)
+    await engine.reserve("e", "x", 1, "r14")                     # sold out
     await create(engine, "past", 5, opens_at=1, closes_at=now - 1000)
     await engine.reserve("past", "x", 1, "r8")                   # window closed
     await create(engine, "d", 5, max_per_client=2, waitlist_enabled=True)
@@ -71,6 +79,24 @@ async def every_kind_of_decision(engine: Engine) -> None:
     await engine.join_waitlist("d", "w", 1)
     await engine.join_waitlist("d", "v", 1)
     await engine.configure("d", 1, {"capacity": 7, "max_per_request": 3})  # notifies w and v
+    await engine.reserve("ghost", "x", 1, "r6")                  # unknown again: decided afresh
+    if actors:  # (release 1 takes no actor: tests/test_upgrade.py)
+        await engine.reserve("d", "u", 1, "r20", actor="client#1")  # another application's r20: its own
+        await engine.reserve("d", "u", 1, "r20", actor="client#1")  # replayed in that scope
+    if release == 1:
+        return
+    # notifications that lapse: the sweep expires them, a leave then is refused
+    await create(engine, "w", 1, waitlist_enabled=True, notify_window_ms=1)
+    held = await engine.reserve("w", "x", 1, "r30")
+    lapsing = await engine.join_waitlist("w", "y", 1)
+    await engine.cancel(held.reservation_id)                     # notifies y, for 1 ms
+    await asyncio.sleep(0.01)
+    await engine.sweep_waitlist("w")                             # expires y's notification
+    await engine.leave_waitlist(lapsing.entry_id)                # expired: refused
+    # the waiting list indexes at most 64 distinct quantities
+    await create(engine, "q", 0, waitlist_enabled=True)
+    for n in range(1, 66):
+        await engine.join_waitlist("q", f"q{n}", n)              # the 65th is refused
 
 
 def test_replay_source_swaps_only_the_clock() -> None:
@@ -83,6 +109,15 @@ def test_replay_source_swaps_only_the_clock() -> None:
         replay_source(source.replace(CLOCK_BEGIN, "-- moved"))
 
 
+async def test_every_kind_of_decision_is_made(engine) -> None:
+    """The log the tests below replay holds every event type and reason the
+    Lua has (engine/codes.py, itself checked against the Lua)."""
+    await every_kind_of_decision(engine)
+    logged = [f for p in range(PARTITIONS) for _, f in await engine.redis.xrange(stream_key(p))]
+    assert {f["type"] for f in logged} == {t.value for t in EventType}
+    assert {f["reason"] for f in logged if "reason" in f} == {r.value for r in Reason}
+
+
 async def test_every_decision_is_reproduced(engine, make_archiver, pool) -> None:
     await every_kind_of_decision(engine)
     await (await make_archiver()).drain()
@@ -91,11 +126,11 @@ async def test_every_decision_is_reproduced(engine, make_archiver, pool) -> None
     report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
     assert report.mismatches == []
     assert report.events == sum((await entries_added(engine.redis)).values())
-    assert report.resources == 5  # a, later, past, d, and ghost (absent on both sides)
+    assert report.resources == 8  # a, later, past, d, e, w, q, and ghost (absent on both sides)
     # refused configures log what was asked: nothing is inferred
     assert report.inferred == 0
     only_d = await verify(engine.redis, pool, PARTITIONS, resource_id="d", scratch_server=scratch_server)
-    assert only_d.mismatches == [] and only_d.resources == 1 and only_d.events == 10
+    assert only_d.mismatches == [] and only_d.resources == 1 and only_d.events == 12
 
 
 async def test_streams_alone_before_any_archiving(engine) -> None:
@@ -145,7 +180,7 @@ async def test_live_state_is_compared(engine, make_archiver, pool, database_url,
     res_key = resource_keys("d", PARTITIONS)[0]
     await engine.redis.hset(res_key, "reserved", "1")
     report = await verify(engine.redis, pool, PARTITIONS, scratch_server=scratch_server)
-    assert [m.what for m in report.mismatches] == ["resource d: reserved replayed 2, live 1"]
+    assert [m.what for m in report.mismatches] == ["resource d: reserved replayed 3, live 1"]
     assert await asyncio.to_thread(main, ["verify", "--resource", "a", "--redis-url", engine.settings.redis_url,
                                           "--database-url", database_url]) == 0
     assert capsys.readouterr().out.rstrip().endswith("0 mismatches")

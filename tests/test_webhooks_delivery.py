@@ -8,6 +8,7 @@ import asyncio
 import random
 from datetime import timedelta
 
+import pytest
 from standardwebhooks import Webhook
 
 from resv.archiver.drain import drain_until_empty
@@ -206,7 +207,9 @@ async def test_a_timeout_is_a_failed_attempt(engine, make_archiver, receiver, st
     await create(engine, "slow", 1)
     await drain_until_empty(archiver)
     await start_notifier(timeout_s=0.5, backoff_base_s=0.2)
-    await eventually(lambda: _status_of(pool, _only(r), "PENDING") if r.snapshot() else None, what="a timeout")
+    timed_out = await eventually(lambda: _status_of(pool, _only(r), "PENDING") if r.snapshot() else None,
+                                 what="a timeout")
+    assert (timed_out["last_error"], timed_out["last_status_code"]) == ("timeout", None)
     [row] = await eventually(settled(pool, hook.webhook_id, 1), what="delivered on the second attempt")
     assert row["attempts"] == 2
     assert len(r.snapshot()) == 2
@@ -216,16 +219,35 @@ def _only(r):
     return r.snapshot()[0].webhook_id
 
 
-async def test_retry_after_on_429_is_honoured(engine, make_archiver, receiver, start_notifier, pool):
-    r = receiver(lambda got, nth: (429, {"Retry-After": "2"}, 0.0) if nth == 0 else (204, {}, 0.0))
+@pytest.mark.parametrize("status", [429, 503])
+async def test_retry_after_on_429_and_503_is_honoured(engine, make_archiver, receiver, start_notifier, pool, status):
+    r = receiver(lambda got, nth: (status, {"Retry-After": "2"}, 0.0) if nth == 0 else (204, {}, 0.0))
     archiver = await make_archiver()
     hook, _ = await store(pool).create(r.url, ["resource.created"], None, None)
     await create(engine, "busy", 1)
     await drain_until_empty(archiver)
     await start_notifier(backoff_base_s=0.2)
+    waiting = await eventually(lambda: _status_of(pool, _only(r), "PENDING") if r.snapshot() else None,
+                               what=f"the {status}")
+    assert (waiting["last_status_code"], waiting["last_error"]) == (status, f"HTTP {status}")
     await eventually(settled(pool, hook.webhook_id, 1), what="delivered after Retry-After")
     first, second = r.snapshot()
     assert second.at - first.at >= 1.9  # the 2 s asked for, not the 0.2 s base
+
+
+async def test_a_retry_after_past_the_horizon_is_cut_to_it(engine, make_archiver, receiver, start_notifier, pool):
+    """Retry-After: 3600 with a 2 s horizon: the last attempt is at the
+    horizon, not an hour later, and then the delivery is FAILED."""
+    r = receiver(lambda got, nth: (429, {"Retry-After": "3600"}, 0.0))
+    archiver = await make_archiver()
+    hook, _ = await store(pool).create(r.url, ["resource.created"], None, None)
+    await create(engine, "busy", 1)
+    await drain_until_empty(archiver)
+    await start_notifier(backoff_base_s=0.2, retry_horizon_s=2.0)
+    [row] = await eventually(settled(pool, hook.webhook_id, 1, statuses=("FAILED",)), timeout=30, what="FAILED")
+    assert row["attempts"] == 2 and row["last_status_code"] == 429
+    _, last = r.snapshot()
+    assert last.at >= (row["created_at"] + timedelta(seconds=2.0)).timestamp() - 0.1
 
 
 async def test_410_disables_the_endpoint_and_cancels_what_is_pending(engine, make_archiver, receiver,
@@ -354,3 +376,27 @@ async def test_two_notifiers_make_each_attempt_once(engine, make_archiver, recei
         assert all(row["attempts"] == 1 for row in got)
         ids = [g.webhook_id for g in r.snapshot()]
         assert len(ids) == len(set(ids)) == 123  # no attempt made twice
+
+
+async def test_an_endpoint_this_notifier_still_holds_is_taken_again(engine, make_archiver, receiver,
+                                                                     start_notifier, pool):
+    """A hold of its own with no task delivering there (a task that ended
+    as a round took the endpoint again, a release that failed) does not
+    leave the endpoint idle until the hold lapses; another notifier's hold
+    is still respected."""
+    mine, theirs = receiver(), receiver()
+    archiver = await make_archiver()
+    s = store(pool)
+    held, _ = await s.create(mine.url, ["resource.created"], None, None)
+    other, _ = await s.create(theirs.url, ["resource.created"], None, None)
+    await create(engine, "held", 1)
+    await drain_until_empty(archiver)
+    async with pool.connection() as conn:
+        for hook, owner in ((held, "n1"), (other, "n2")):
+            await conn.execute("UPDATE webhooks SET owner = %s, owner_until = now() + interval '1 hour' "
+                               "WHERE webhook_id = %s", (owner, hook.webhook_id))
+    await start_notifier("n1")
+    await eventually(settled(pool, held.webhook_id, 1), what="delivered under its own hold")
+    assert theirs.snapshot() == []
+    [row] = await rows(pool, other.webhook_id)
+    assert (row["status"], row["attempts"]) == ("PENDING", 0)

@@ -136,7 +136,7 @@ async def start_notifier(database_url: str) -> AsyncIterator[Callable[..., Any]]
 
     async def start(name: str = "n1", **overrides: Any) -> RunningNotifier:
         settings = NotifierSettings(**{**FAST, "name": name, "database_url": database_url, **overrides})
-        pool = await open_pool(database_url, max_size=4, timeout=2.0)
+        pool = await open_pool(database_url, max_size=4, timeout=2.0, check=False, autocommit=True)  # as run.py
         notifier = Notifier(pool, settings, database_url=database_url)
         stop = asyncio.Event()
         handle = RunningNotifier(notifier, asyncio.create_task(notifier.run(stop)), stop)

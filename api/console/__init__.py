@@ -60,7 +60,7 @@ def console(settings: ApiSettings, keyring: KeyRing) -> tuple[list[Router], Cons
     pages = Router(
         path="/",
         route_handlers=[sign_in, ConsoleController, WebhookPages],
-        # the API key check (AuthMiddleware) skips these: the session is their key
+        # the API key check (KeyRing.check) skips these: the session is their key
         opt={PUBLIC: True},
         middleware=[DefineMiddleware(ConsoleCookies, secret=secret)],
         exception_handlers=errors.HANDLERS,  # type: ignore[arg-type]

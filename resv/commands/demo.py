@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         if not _wait_http(base + "/health"):
             print("resv demo: the API did not come up; see the messages above", file=sys.stderr)
             return 1
-        print(_usage(base, env, notes, cluster=temporary), flush=True)
+        print(_usage(base, env, notes, data, cluster=temporary), flush=True)
         return _wait(children)
 
 
@@ -138,11 +138,14 @@ def _stop_all(children: list[subprocess.Popen]) -> None:
             child.kill()
 
 
-def _usage(base: str, env: dict[str, str], notes: list[str], cluster: bool = False) -> str:
+def _usage(base: str, env: dict[str, str], notes: list[str], data: Path, cluster: bool = False) -> str:
     keys = dict(pair.split(":", 1) for pair in env["RESV_API_KEYS"].split(",") if ":" in pair)
     op, client = keys.get("operator", "OPERATOR_KEY"), keys.get("client", "CLIENT_KEY")
     lines = "\n".join(f"  - {n}" for n in notes)
     cluster_note = "; a cluster: redis-cli -c, and `resv partitions` for the slots" if cluster else ""
+    kept = ("Nothing persists: the cluster and its PostgreSQL are removed when the demo stops." if cluster else
+            f"Data persists in {data}; set RESV_API_KEYS as above before the next\n"
+            "`make run` to keep the same keys (the embedded servers' ports may change).")
     return f"""
 resv is running.
 {lines}
@@ -172,5 +175,12 @@ Webhooks (signed, from the audit; `resv listen` verifies and prints each event):
 
 Audit in PostgreSQL: psql "{env['DATABASE_URL']}" -c 'select * from events order by ms, seq'
 Redis functions directly: see lua/README.md (server {env['REDIS_URL']}{cluster_note}).
+
+The resv command is {Path(sys.executable).parent / 'resv'}. In another shell, for
+`resv timeline`, `resv verify` and the others against these servers:
+  export REDIS_URL='{env['REDIS_URL']}'
+  export DATABASE_URL='{env['DATABASE_URL']}'
+  export RESV_API_KEYS='{env['RESV_API_KEYS']}'
+{kept}
 Ctrl-C stops everything.
 """
