@@ -117,3 +117,17 @@ def server_warnings(log: Any, lines: int = 80) -> str:
         return "(no log)"
     kept = [line for line in text.splitlines() if '"msg":"request"' not in line]
     return "\n".join(kept[-lines:])
+
+
+def crashed(tasks: list[Any]) -> bool:
+    """Whether a load task ended before it was told to (an error in it)."""
+    return any(t.done() for t in tasks)
+
+
+def raise_crashed(tasks: list[Any]) -> None:
+    """Raises the error of a load task that ended early, instead of waiting
+    for decisions it will never make."""
+    for t in tasks:
+        if t.done():
+            t.result()
+            raise AssertionError("a load task ended before it was stopped")

@@ -34,6 +34,8 @@ from resv.engine.keys import partition_of
 from resv.engine.settings import CLUSTER_PARTITIONS
 from tests.cluster_support import (
     cluster_events,
+    crashed,
+    raise_crashed,
     server_warnings,
     shard_of_slot,
     slot_of_resource,
@@ -140,7 +142,8 @@ async def failover(load: Load, rids: list[str], capacity: dict[str, int], wait_r
                         for shard in range(3)]
             clients = [asyncio.create_task(load.client(http, by_shard[seed % 3], seed)) for seed in range(CLIENTS)]
             try:
-                await wait_until(lambda: len(load.decided_at) >= 200, "200 decisions before the kill")
+                await wait_until(lambda: len(load.decided_at) >= 200 or crashed(clients), "200 decisions before the kill")
+                raise_crashed(clients)
                 victim = cluster.owner(slot)
                 victim.kill()  # SIGKILL: a crash, nothing flushed
                 run.killed_at = time.monotonic()
@@ -153,8 +156,9 @@ async def failover(load: Load, rids: list[str], capacity: dict[str, int], wait_r
                 back_at = time.monotonic()
                 # the load goes on until the failed shard has decided again
                 await wait_until(lambda: sum(1 for t, rid, _ in load.decided_at
-                                             if t > back_at and rid in on_victim) >= 30,
+                                             if t > back_at and rid in on_victim) >= 30 or crashed(clients),
                                  "30 decisions on the failed shard after it is back")
+                raise_crashed(clients)
             finally:
                 load.stop.set()
                 await asyncio.gather(*clients)

@@ -29,7 +29,7 @@ from resv.engine import Engine, EngineUnavailable, ResourceSpec, Settings, open_
 from resv.engine.cluster import partition_slots
 from resv.engine.keys import partition_of
 from resv.engine.settings import CLUSTER_PARTITIONS
-from tests.cluster_support import slot_of_resource, spread_ids, wait_until
+from tests.cluster_support import crashed, raise_crashed, slot_of_resource, spread_ids, wait_until
 from tests.history import Observation, check
 from tests.report import record
 
@@ -100,7 +100,7 @@ async def test_moving_a_slot_range_that_holds_partitions_under_load(database_url
                         except EngineUnavailable:  # the engine's own re-sends ran out: the caller retries
                             await asyncio.sleep(0.1)
                             continue
-                        answer, reservation_id = d.decision, d.reservation_id
+                        answer, reservation_id = d.decision, getattr(d, "reservation_id", None)
                         decided_at.append((time.monotonic(), rid))
                         break
                     observations.append(Observation(request_id, rid, answer, reservation_id))
@@ -114,13 +114,15 @@ async def test_moving_a_slot_range_that_holds_partitions_under_load(database_url
             callers = [asyncio.create_task(caller(seed)) for seed in range(CALLERS)]
             archiving = asyncio.create_task(archive())
             try:
-                await wait_until(lambda: len(decided_at) >= 300, "300 decisions before the move")
+                await wait_until(lambda: len(decided_at) >= 300 or crashed(callers), "300 decisions before the move")
+                raise_crashed(callers)
                 move_started = time.monotonic()
                 moved = await asyncio.to_thread(cluster.move_slots, *MOVED, target)
                 moved_at = time.monotonic()
                 # the moved resources are decided again, on their new primary
-                await wait_until(lambda: sum(1 for t, rid in decided_at if t > moved_at and rid in moving) >= 100,
-                                 "100 decisions on the moved resources after the move")
+                await wait_until(lambda: sum(1 for t, rid in decided_at if t > moved_at and rid in moving) >= 100
+                                 or crashed(callers), "100 decisions on the moved resources after the move")
+                raise_crashed(callers)
             finally:
                 stop.set()
                 await asyncio.gather(*callers)

@@ -63,7 +63,7 @@ def test_resv_demo_cluster(tmp_path):
                     break
                 assert time.monotonic() < deadline, body
                 time.sleep(0.3)
-            assert body["checks"]["postgres"] == "up"
+            assert body["checks"]["audit"] == "up"
             events = http.get("/ops/resources/meetup-1/timeline", headers=OP).json()["events"]
             assert [e["type"] for e in events] == ["RESOURCE_CREATED", "RESERVATION_CONFIRMED"]
     finally:
