@@ -23,6 +23,7 @@ from typing import Any
 
 from litestar import Litestar, Request, Router
 from litestar.datastructures import State
+from litestar.middleware import DefineMiddleware
 from litestar.middleware.rate_limit import RateLimitConfig
 from litestar.types import ControllerRouterHandler, Middleware
 
@@ -125,7 +126,8 @@ def routes(settings: ApiSettings) -> list[ControllerRouterHandler]:
 
 def middleware(settings: ApiSettings) -> list[Middleware]:
     stack: list[Middleware] = [
-        RequestMiddleware(KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
+        DefineMiddleware(RequestMiddleware,
+                         keyring=KeyRing(settings.api_keys, insecure_no_auth=settings.insecure_no_auth)),
     ]
     if settings.rate_limit:
         stack.append(rate_limit(settings.rate_limit).middleware)
@@ -159,6 +161,7 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
         owned = engine if engine is not None else Engine(settings.engine)
         audit = None
         guard = None
+        flusher = asyncio.create_task(metrics.flush_forever())
         try:
             # The audit's read side (/ops, /ready's lag, the guard's audit
             # marks): its own Redis client (a cluster's client on a cluster)
@@ -180,6 +183,8 @@ def lifespan(settings: ApiSettings, engine: Engine | None) -> Callable[[Litestar
             app.state.services = Services(settings, owned, audit, webhooks)
             yield
         finally:
+            flusher.cancel()
+            metrics.flush()
             if guard is not None:
                 guard.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

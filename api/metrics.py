@@ -4,11 +4,18 @@ Requests are counted, and their latency observed, by method, route template
 (so ids do not explode the label set) and status code, under the names and
 labels Litestar's `PrometheusMiddleware` uses (`resv_http_requests_total`,
 `resv_http_request_duration_seconds`, `resv_http_requests_in_progress`,
-`resv_http_requests_error_total`), but by the request middleware (`api.middleware`),
-through children bound once per label set: the middleware built a Request,
-two label dicts and four `labels()` lookups per request, ~20% of a cached
-GET /availability's time in a profile. The counters below add what only the
-API knows.
+`resv_http_requests_error_total`), by the request middleware (`api.middleware`).
+The counters below add what only the API knows.
+
+The per-request updates (the request metrics, the decision counts, the
+availability cache's hits and misses) are tallied in plain integers of the
+process (`Tally`, `RouteMetrics`) and moved into prometheus_client by
+`flush()`: once a second (the app's lifespan runs `flush_forever`) and
+before every scrape that this process answers. prometheus_client takes a
+lock per update and walks the histogram's buckets in Python; six of those
+per request were ~5% of a cached GET /availability's CPU in `make bench-api`,
+the tallies cost a few attribute updates. A scrape answered by another
+worker sees this one's tallies as of its last flush (at most a second old).
 
 With several server processes (`resv serve --workers N`), prometheus_client
 runs in multiprocess mode: `resv serve` points PROMETHEUS_MULTIPROC_DIR at a
@@ -19,6 +26,8 @@ over the workers.
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
 from typing import Any
 
 from litestar import Request, Response, get
@@ -40,8 +49,36 @@ AVAILABILITY_CACHE = Counter(
     "GET /availability answers by cache result (hit, miss).",
     ["result"],
 )
-CACHE_HIT = AVAILABILITY_CACHE.labels("hit")
-CACHE_MISS = AVAILABILITY_CACHE.labels("miss")
+
+class Tally:
+    """A counter child's increments, kept in the process until `flush()`."""
+
+    __slots__ = ("_child", "n")
+
+    def __init__(self, child: Any) -> None:
+        self._child = child
+        self.n = 0
+
+    def inc(self) -> None:
+        self.n += 1
+
+    def flush(self) -> None:
+        n, self.n = self.n, 0
+        if n:
+            self._child.inc(n)
+
+
+_TALLIES: list[Tally] = []
+
+
+def tally(child: Any) -> Tally:
+    found = Tally(child)
+    _TALLIES.append(found)
+    return found
+
+
+CACHE_HIT = tally(AVAILABILITY_CACHE.labels("hit"))
+CACHE_MISS = tally(AVAILABILITY_CACHE.labels("miss"))
 REDIS_ERRORS = Counter(
     "resv_redis_errors_total",
     "Engine calls that failed because Redis was unreachable, timed out or refused (OOM).",
@@ -80,17 +117,17 @@ def guard_checked(engine: Any) -> None:
     DURABILITY_UNSAFE.set(1 if refusal is not None and refusal.durability else 0)
 
 
-_DECISION_CHILDREN: dict[tuple[str, str, str | None], Any] = {}
-"""Bound children by labels: `labels()` costs a lock and a tuple per call.
-Finite: decision types, outcomes and codes come from the Lua."""
+_DECISION_TALLIES: dict[tuple[str, str, str | None], Tally] = {}
+"""By labels: `labels()` costs a lock and a tuple per call. Finite: decision
+types, outcomes and codes come from the Lua."""
 
 
 def decision(type_: str, outcome: str, code: str | None) -> None:
     key = (type_, outcome, code)
-    child = _DECISION_CHILDREN.get(key)
-    if child is None:
-        child = _DECISION_CHILDREN[key] = DECISIONS.labels(type_, outcome, code or "")
-    child.inc()
+    found = _DECISION_TALLIES.get(key)
+    if found is None:
+        found = _DECISION_TALLIES[key] = tally(DECISIONS.labels(type_, outcome, code or ""))
+    found.n += 1
 
 
 APP_NAME = "resv"
@@ -104,31 +141,69 @@ UNCOUNTED_ROUTES = frozenset({"/metrics"})
 """Scrapes are not requests worth counting (Litestar's `exclude`)."""
 
 
-class RouteMetrics:
-    """The request metrics of one route and method: the in-progress gauge,
-    and the count and duration children per status, bound on first use."""
+_BOUNDS = HTTP_DURATION._upper_bounds
+"""The duration buckets' upper bounds (prometheus_client's defaults, +Inf last)."""
 
-    __slots__ = ("_by_status", "_method", "_route", "in_progress")
+
+class _StatusTally:
+    """Requests of one route, method and status since the last flush."""
+
+    __slots__ = ("buckets", "count", "duration", "errors", "requests", "seconds")
+
+    def __init__(self, labels: tuple[str, str, str, str], status: int) -> None:
+        self.requests = HTTP_REQUESTS.labels(*labels)
+        self.duration = HTTP_DURATION.labels(*labels)
+        self.errors = HTTP_ERRORS.labels(*labels) if status >= 500 else None
+        self.count = 0
+        self.seconds = 0.0
+        self.buckets = [0] * len(_BOUNDS)
+
+    def flush(self) -> None:
+        n, self.count = self.count, 0
+        if not n:
+            return
+        self.requests.inc(n)
+        if self.errors is not None:
+            self.errors.inc(n)
+        # Histogram.observe() for n observations at once: its sum and the
+        # one bucket each falls in (prometheus_client keeps them per bucket
+        # and makes them cumulative when it is scraped).
+        self.duration._sum.inc(self.seconds)
+        self.seconds = 0.0
+        for i, k in enumerate(self.buckets):
+            if k:
+                self.duration._buckets[i].inc(k)
+                self.buckets[i] = 0
+
+
+class RouteMetrics:
+    """The request metrics of one route and method: requests in progress,
+    and per status the count and durations since the last flush."""
+
+    __slots__ = ("_by_status", "_gauge", "_method", "_route", "in_progress")
 
     def __init__(self, method: str, route: str) -> None:
         self._method = method
         self._route = route
+        self.in_progress = 0
         # Litestar labels in-progress requests with status 200 (not known yet)
-        self.in_progress = HTTP_IN_PROGRESS.labels(method, route, "200", APP_NAME)
-        self._by_status: dict[int, tuple[Any, Any, Any]] = {}
+        self._gauge = HTTP_IN_PROGRESS.labels(method, route, "200", APP_NAME)
+        self._by_status: dict[int, _StatusTally] = {}
 
     def done(self, status: int, seconds: float) -> None:
-        children = self._by_status.get(status)
-        if children is None:
-            labels = (self._method, self._route, str(status), APP_NAME)
-            errors = HTTP_ERRORS.labels(*labels) if status >= 500 else None
-            children = self._by_status[status] = (HTTP_REQUESTS.labels(*labels), HTTP_DURATION.labels(*labels),
-                                                   errors)
-        count, duration, errors = children
-        count.inc()
-        duration.observe(seconds)
-        if errors is not None:
-            errors.inc()
+        """A request ended (its in-progress count is the caller's)."""
+        found = self._by_status.get(status)
+        if found is None:
+            found = self._by_status[status] = _StatusTally((self._method, self._route, str(status), APP_NAME),
+                                                           status)
+        found.count += 1
+        found.seconds += seconds
+        found.buckets[bisect_left(_BOUNDS, seconds)] += 1
+
+    def flush(self) -> None:
+        self._gauge.set(self.in_progress)
+        for found in self._by_status.values():
+            found.flush()
 
 
 _ROUTES: dict[tuple[str, str], RouteMetrics | None] = {}
@@ -142,6 +217,27 @@ def route(method: str, template: str) -> RouteMetrics | None:
     if found is False:
         found = _ROUTES[key] = None if template in UNCOUNTED_ROUTES else RouteMetrics(method, template)
     return found  # type: ignore[return-value]
+
+
+def flush() -> None:
+    """Moves the process's tallies into prometheus_client (in multiprocess
+    mode, into this worker's files, where any worker's scrape reads them)."""
+    for found in _TALLIES:
+        found.flush()
+    for route_metrics in list(_ROUTES.values()):
+        if route_metrics is not None:
+            route_metrics.flush()
+
+
+FLUSH_S = 1.0
+
+
+async def flush_forever(every_s: float = FLUSH_S) -> None:
+    """The app's lifespan runs this: what other workers' scrapes see is at
+    most `every_s` old."""
+    while True:
+        await asyncio.sleep(every_s)
+        flush()
 
 
 class MetricsController(PrometheusController):
@@ -158,6 +254,7 @@ class MetricsController(PrometheusController):
         status, decisions, availability cache hits and misses, Redis errors.
         With several workers, totals over all of them. With DATABASE_URL,
         the webhook deliveries too, read from PostgreSQL at each scrape."""
+        flush()
         response = await PrometheusController.get.fn(self)
         store = request.app.state.services.webhooks
         if store is None:
