@@ -30,6 +30,7 @@ class Deadline:
         self.resolution = resolution
         self._queue: deque[list] = deque()  # [deadline, task or None when done, fired]
         self._sweeper: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # while calls are watched
 
     def guard(self) -> Guard:
         """`with deadline.guard(): await call`: TimeoutError when the
@@ -45,11 +46,16 @@ class Deadline:
         with Guard(self):
             return await call
 
-    def _watch(self, task: asyncio.Task | None) -> list:
-        entry = [time.monotonic() + self.seconds, task, False]
+    def _watch(self) -> list:
+        loop = self._loop
+        if loop is None:  # kept while the sweeper runs, i.e. while calls are in flight
+            loop = self._loop = asyncio.get_running_loop()
+        # current_task(loop): without the loop it asks for the running one,
+        # a getpid() system call on CPython 3.11 (~1 us here)
+        entry = [time.monotonic() + self.seconds, asyncio.current_task(loop), False]
         self._queue.append(entry)
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().call_later(self.resolution, self._sweep)
+            self._sweeper = loop.call_later(self.resolution, self._sweep)
         return entry
 
     def _sweep(self) -> None:
@@ -61,7 +67,10 @@ class Deadline:
             if task is not None:
                 entry[2] = True
                 task.cancel()
-        self._sweeper = asyncio.get_running_loop().call_later(self.resolution, self._sweep) if queue else None
+        if queue:
+            self._sweeper = self._loop.call_later(self.resolution, self._sweep)  # type: ignore[union-attr]
+        else:
+            self._sweeper = self._loop = None
 
 
 class Guard:
@@ -73,7 +82,7 @@ class Guard:
         self._deadline = deadline
 
     def __enter__(self) -> None:
-        self._entry = self._deadline._watch(asyncio.current_task())
+        self._entry = self._deadline._watch()
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
         entry = self._entry

@@ -102,9 +102,22 @@ def reserve_keys(resource_id: str, request_id: str, partitions: int, actor: str 
     """resv_reserve's keys: the resource keys, the request key, the
     waiting-list keys and, with an actor, the unscoped request key (read
     only, for records an earlier release wrote; see lua/resv.lua)."""
-    ks = (*resource_keys(resource_id, partitions), request_key(resource_id, request_id, partitions, actor),
-          *waitlist_keys(resource_id, partitions))
-    return (*ks, request_key(resource_id, request_id, partitions)) if actor else ks
+    resource, scoped, waitlist, unscoped = _reserve_parts(resource_id, partitions, actor)
+    if unscoped is None:
+        return (*resource, scoped + request_id, *waitlist)
+    return (*resource, scoped + request_id, *waitlist, unscoped + request_id)
+
+
+@lru_cache(maxsize=4096)
+def _reserve_parts(resource_id: str, partitions: int,
+                   actor: str | None) -> tuple[tuple[str, ...], str, tuple[str, ...], str | None]:
+    """What reserve_keys takes per resource and actor: its keys, and the
+    request keys without the request id (request_key_in's names). Cached:
+    building them per call was ~2 us of a commit's API time."""
+    partition = partition_of(resource_id, partitions)
+    unscoped = request_key_in(partition, resource_id, "")
+    return (resource_keys(resource_id, partitions), request_key_in(partition, resource_id, "", actor),
+            waitlist_keys(resource_id, partitions), unscoped if actor else None)
 
 
 RESOURCE_KEYS_GLOB = f"{KEY_PREFIX}{{p*}}:res:*"

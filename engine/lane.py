@@ -173,6 +173,11 @@ class Lane(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]
 
     @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop the lane's connection lives on."""
+        return self._loop
+
+    @property
     def ready(self) -> bool:
         return self._transport is not None and not self._transport.is_closing()
 

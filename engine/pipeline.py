@@ -82,7 +82,10 @@ class Pipeliner:
     def call(self, *command: Any) -> asyncio.Future:
         """Queues the command; await the future for its reply. A plain
         function, not a coroutine: one frame less to resume per reply."""
-        loop = asyncio.get_running_loop()
+        lane = self._lane
+        # The lane's loop is the running one; asking asyncio costs a getpid()
+        # system call per call on CPython 3.11 (~1 us here).
+        loop = lane.loop if lane is not None and lane.ready else asyncio.get_running_loop()
         future = loop.create_future()
         if self._closed:
             future.set_exception(EngineUnavailable("the engine is closed"))
@@ -93,7 +96,6 @@ class Pipeliner:
             future.set_exception(translate(exc))
             return future
         self._pending.append((command, packed, future))
-        lane = self._lane
         if len(self._pending) >= self._flush_at and lane is not None and lane.ready:
             self._flush()  # without a lane: one batch per tick, one pooled connection
         elif not self._scheduled:
