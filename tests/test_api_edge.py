@@ -156,3 +156,91 @@ async def test_a_disconnect_mid_body_is_not_an_internal_error(redis_url) -> None
         assert metrics.INTERNAL_ERRORS._value.get() == internal
         assert metrics.CLIENT_DISCONNECTS._value.get() == disconnects + 1
         assert sent[0]["status"] != 500
+
+
+# -- one write per response (api/edge.py, _OneWrite)
+
+class _Recorder:
+    """The connection's transport as _OneWrite sees it: what was written, in calls."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+def test_a_response_head_goes_out_with_its_first_body_write() -> None:
+    from resv.api.edge import _OneWrite
+
+    t = _Recorder()
+    w = _OneWrite(t)  # type: ignore[arg-type]
+    w.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # interim: at once
+    assert t.writes == [b"HTTP/1.1 100 Continue\r\n\r\n"]
+    w.write(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n")
+    assert len(t.writes) == 1  # held
+    w.write(b"{}")
+    w.write(b"")  # later body writes go as they come
+    assert t.writes[1:] == [b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}", b""]
+    assert not w.is_closing()  # the rest is the connection's transport
+
+
+def test_a_held_head_is_written_before_the_connection_closes() -> None:
+    from resv.api.edge import _OneWrite
+
+    t = _Recorder()
+    w = _OneWrite(t)  # type: ignore[arg-type]
+    w.write(b"HTTP/1.1 500 Internal Server Error\r\n\r\n")
+    w.close()
+    assert t.writes == [b"HTTP/1.1 500 Internal Server Error\r\n\r\n"] and t.closed
+
+
+def read_response(s: socket.socket, head_only: bool = False) -> tuple[bytes, bytes]:
+    """One response's head and (content-length) body from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, f"closed mid-head: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0 if head_only else int(re.search(rb"content-length: (\d+)", head, re.I).group(1))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, "closed mid-body"
+        body += chunk
+    return head, body
+
+
+def test_head_expect_continue_and_close_answers_through_the_edge(served) -> None:
+    s = connect(served)
+    try:
+        s.sendall(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")  # no body write: head as uvicorn writes it
+        head, _ = read_response(s, head_only=True)
+        assert head.startswith(b"HTTP/1.1 ")
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # the connection goes on
+        head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 200") and b'"ok"' in body
+
+        booking = b'{"resource_id":"edge-100","quantity":1,"client_id":"c"}'
+        s.sendall(b"POST /reservations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer client-test-key\r\n"
+                  b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(booking))
+        interim = s.recv(65536)
+        assert interim.startswith(b"HTTP/1.1 100 Continue\r\n\r\n")  # before the body is sent
+        s.sendall(booking)
+        head, body = read_response(s)
+        assert head.startswith(b"HTTP/1.1 409") and b"INVALID_STATE" in body  # no such resource
+    finally:
+        s.close()
+    s = connect(served)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = read_until_closed(s)
+    s.close()
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b'}') and b"connection: close" in answer.lower()

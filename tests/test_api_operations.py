@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -272,3 +273,33 @@ async def test_server_processes_write_request_lines_straight_to_the_handler(redi
         "request", "request", "between the requests", "request", "request"]
     assert (requests[2]["request_id"], requests[2]["reason"], requests[2]["level"]) == ("bob-1", "SOLD_OUT", "info")
     assert requests[1]["key_id"] == "client#2" and requests[1]["time"].endswith("Z")
+
+
+async def test_request_durations_are_observed_once_per_request(redis_url):
+    """The tallies the middleware keeps per process reach the histogram: one
+    observation per request, in one bucket (api/metrics.py)."""
+    def samples(text: str, suffix: str) -> dict[str, float]:
+        out = {}
+        for line in text.splitlines():
+            if line.startswith(f"resv_http_request_duration_seconds{suffix}{{") and 'path="/health"' in line:
+                labels, value = line.rsplit(" ", 1)
+                out[labels] = float(value)
+        return out
+
+    async with api(redis_url) as c:
+        before = (await c.get("/metrics", headers=OP)).text
+        for _ in range(7):
+            assert (await c.get("/health")).status_code == 200
+        after = (await c.get("/metrics", headers=OP)).text
+
+    def total(text: str, suffix: str) -> float:
+        return sum(samples(text, suffix).values())
+
+    assert total(after, "_count") - total(before, "_count") == 7
+    inf = [k for k in samples(after, "_bucket") if 'le="+Inf"' in k]
+    assert sum(samples(after, "_bucket")[k] for k in inf) - sum(samples(before, "_bucket").get(k, 0) for k in inf) == 7
+    assert total(after, "_sum") > total(before, "_sum")
+    # cumulative buckets never decrease with le
+    by_le = sorted(((float(re.search(r'le="([^"]+)"', k).group(1)), v) for k, v in samples(after, "_bucket").items()
+                    if 'status_code="200"' in k and 'method="GET"' in k))
+    assert [v for _, v in by_le] == sorted(v for _, v in by_le)
