@@ -156,6 +156,10 @@ async def archived_marks(redis: Redis, partitions: list[int]) -> dict[int, tuple
     return out
 
 
+CLUSTER_MULTIS = 8
+"""Partitions read at once on a cluster (group_replies)."""
+
+
 async def group_replies(redis: Redis, partitions: list[int], *, time: bool = False) -> list[Any]:
     """XINFO GROUPS, XPENDING and XINFO STREAM of each partition, read in
     one MULTI so they agree (on a cluster a MULTI holds one slot: one per
@@ -163,7 +167,18 @@ async def group_replies(redis: Redis, partitions: list[int], *, time: bool = Fal
     time: TIME first (on a cluster, from one node: the clocks of a
     cluster's nodes are taken as one)."""
     if isinstance(redis, RedisCluster):
-        parts = await asyncio.gather(*(_group_replies(redis, [p], False) for p in partitions))
+        # A cluster's MULTI holds a connection of its node until it ends,
+        # and the cluster client refuses a checkout past the node's
+        # max_connections (MaxConnectionsError: every partition at once
+        # failed /ops/requests with redis-py 8.2), so at most CLUSTER_MULTIS
+        # run at once (the audit reader opens its client with 8 per node).
+        bound = asyncio.Semaphore(CLUSTER_MULTIS)
+
+        async def one(p: int) -> list[Any]:
+            async with bound:
+                return await _group_replies(redis, [p], False)
+
+        parts = await asyncio.gather(*(one(p) for p in partitions))
         head = [await redis.time()] if time else []
         return head + [reply for part in parts for reply in part]
     return await _group_replies(redis, partitions, time)
