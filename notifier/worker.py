@@ -24,8 +24,9 @@ Work is shared through the database, never through memory:
   pass, the deliveries are attempted again with the same delivery id
   (webhook-id): at least once, never lost.
 - Results are written in batches (one UPDATE for whatever finished while
-  the previous write ran): a DELIVERED status may lag its receipt by one
-  write; a crash in between re-delivers, with the same webhook-id.
+  the previous write ran, or within 10 ms of the first): a DELIVERED status
+  may lag its receipt by one write; a crash in between re-delivers, with the
+  same webhook-id.
 
 Every statement here is one SQL statement that stands alone (its CTEs make
 it atomic), so the notifier's pool is autocommit: one round trip each.
@@ -257,10 +258,17 @@ class Notifier:
                 await asyncio.sleep(pause)
 
 
+WRITE_LINGER_S = 0.01
+"""How long the result writer lets a batch grow after its first result:
+measured draining 3,000 deliveries at 4 in flight, 5.6 results per write
+without it, 25 with it, and 0.55 ms of notifier CPU per delivery down to
+0.47. A DELIVERED status lags its receipt by as much more."""
+
+
 class _ResultWriter:
     """Writes attempt results in batches: whatever finished while the
-    previous write ran goes in the next UPDATE. A failed write keeps its
-    results for the next one."""
+    previous write ran, or within WRITE_LINGER_S of the first, goes in the
+    next UPDATE. A failed write keeps its results for the next one."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -278,6 +286,7 @@ class _ResultWriter:
         pause = 0.1
         while True:
             await self.ready.wait()
+            await asyncio.sleep(WRITE_LINGER_S)
             self.ready.clear()
             batch, self.pending = self.pending, []
             if not batch:
