@@ -7,14 +7,13 @@ are inserted as rows, as the archiver makes them."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 
 from resv.notifier.manage import WebhookStore
 from resv.notifier.settings import NotifierSettings
 from tests.procs import ROOT
-from tests.webhook_support import eventually
+from tests.webhook_support import eventually, notifier_env
 
 
 async def queue_deliveries(pool, webhook_id: str, first: int, n: int) -> None:
@@ -120,10 +119,7 @@ async def test_a_notifier_killed_with_a_queue_loses_nothing(receiver, pool, data
     r = receiver(lambda got, nth: (204, {}, 0.3))
     webhook_id = await endpoint(pool, r.url)
     await queue_deliveries(pool, webhook_id, 1, 12)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESV_")}
-    env.update(DATABASE_URL=database_url, RESV_WEBHOOK_ALLOW_PRIVATE="1", RESV_NOTIFIER_POLL_MS="50",
-               RESV_WEBHOOK_TIMEOUT_S="1", RESV_WEBHOOK_CONCURRENCY="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = {**notifier_env(database_url), "RESV_WEBHOOK_CONCURRENCY": "1"}  # timeout 1 s: leases of 2.5 s
 
     async def start() -> asyncio.subprocess.Process:
         return await asyncio.create_subprocess_exec(sys.executable, "-m", "resv", "notifier", env=env, cwd=str(ROOT),
