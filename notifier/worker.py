@@ -45,8 +45,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
