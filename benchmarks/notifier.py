@@ -24,8 +24,8 @@ Both for each RESV_WEBHOOK_CONCURRENCY of --concurrency (a notifier each).
 "sent" counts the answers wrk saw; the requests in flight when it stops
 still commit, so a few more may be received. Figures are medians over
 --rounds rounds ("retried": deliveries that took more than one attempt, over
-all rounds). Notifier CPU per delivery is the notifier process's
-utime+stime (/proc) over the deliveries it made.
+all rounds). Notifier (and receiver) CPU per delivery is that
+process's utime+stime (/proc) over the deliveries it made (received).
 
     python -m benchmarks.notifier [--rates 1000,50] [--concurrency 4,16] [--duration 10] [--drain 120]
                                   [--backlog 5] [--rounds 3]
@@ -157,6 +157,7 @@ class Stack:
         listener = subprocess.Popen([*self.cli, "listen", "--port", str(hook_port), "--secret", hook["secret"]],
                                     env=self.env, stdout=subprocess.PIPE, stderr=self.logs, text=True)
         self.procs.append(listener)
+        self.listener = listener
         threading.Thread(target=self._read, args=(listener,), daemon=True).start()
         self.notifier: subprocess.Popen | None = None
 
@@ -208,6 +209,9 @@ class Stack:
     def cpu_s(self) -> float:
         return _cpu_s(self.procs[-1].pid)  # the notifier
 
+    def receiver_cpu_s(self) -> float:
+        return _cpu_s(self.listener.pid)
+
     def close(self) -> None:
         if self.notifier is not None:
             os.kill(self.notifier.pid, signal.SIGCONT)
@@ -231,37 +235,37 @@ def backlog(stack: Stack, seconds: int, drain: int) -> dict:
         deadline = time.time() + 60
         while stack.deliveries_created() < before + sent and time.time() < deadline:
             time.sleep(0.2)
-        cpu0 = stack.cpu_s()
+        cpu0, rcpu0 = stack.cpu_s(), stack.receiver_cpu_s()
     finally:
         os.kill(notifier, signal.SIGCONT)
     deadline = time.time() + drain
     while len(stack.received(started)) < sent and time.time() < deadline:
         time.sleep(0.2)
-    cpu = stack.cpu_s() - cpu0
+    cpu, rcpu = stack.cpu_s() - cpu0, stack.receiver_cpu_s() - rcpu0
     got = sorted(t for t, _ in stack.received(started))
     span = got[-1] - got[0] if len(got) > 1 else float("nan")
     return {"queued": sent, "received": len(got), "per_s": (len(got) - 1) / span,
-            "cpu_ms": cpu * 1000 / max(1, len(got))}
+            "cpu_ms": cpu * 1000 / max(1, len(got)), "receiver_cpu_ms": rcpu * 1000 / max(1, len(got))}
 
 
 def steady(stack: Stack, rate: int, duration: int, drain: int) -> dict:
     """`rate` decisions/s for `duration` s; then up to `drain` s for the
     deliveries still queued (their latency counts: it is the queueing)."""
-    cpu0 = stack.cpu_s()
+    cpu0, rcpu0 = stack.cpu_s(), stack.receiver_cpu_s()
     sent, started, ended = stack.load(rate, duration)
     during = sum(1 for t, _ in stack.received(started) if t <= ended)
     deadline = time.time() + drain
     while len(stack.received(started)) < sent and time.time() < deadline:
         time.sleep(0.2)
     got = stack.received(started)
-    cpu = stack.cpu_s() - cpu0
+    cpu, rcpu = stack.cpu_s() - cpu0, stack.receiver_cpu_s() - rcpu0
     latencies = [t - d for t, d in got]
     caught_up = len(got) >= sent
     return {"rate": rate, "retried": stack.retried(started), "confirmed_per_s": sent / (ended - started),
             "delivered_during_per_s": during / (ended - started), "sent": sent, "received": len(got),
             "catch_up_s": max(0.0, max(t for t, _ in got) - ended) if caught_up else float("nan"),
             "p50_s": _pct(latencies, 0.50), "p99_s": _pct(latencies, 0.99),
-            "cpu_ms": cpu * 1000 / max(1, len(got))}
+            "cpu_ms": cpu * 1000 / max(1, len(got)), "receiver_cpu_ms": rcpu * 1000 / max(1, len(got))}
 
 
 def _median(rows: list[dict], key: str) -> float:
@@ -315,17 +319,17 @@ def main() -> int:
           f"{load_after[0]:.1f} after; one notifier, archiver every 200 ms, receiver `resv listen` on loopback, "
           f"all on this machine; medians of {args.rounds} rounds\n")
     print("| RESV_WEBHOOK_CONCURRENCY | backlog queued | delivered / queued | deliveries/s to the receiver "
-          "| notifier CPU per delivery |")
-    print("|---|---|---|---|---|")
+          "| notifier CPU per delivery | receiver CPU per delivery |")
+    print("|---|---|---|---|---|---|")
     for c, rows in backlogs.items():
         print(f"| {c} | {_median(rows, 'queued'):,.0f} | {sum(b['received'] for b in rows):,} / "
               f"{sum(b['queued'] for b in rows):,} | {_median(rows, 'per_s'):,.0f} "
-              f"| {_median(rows, 'cpu_ms'):.2f} ms |")
+              f"| {_median(rows, 'cpu_ms'):.2f} ms | {_median(rows, 'receiver_cpu_ms'):.2f} ms |")
     print(f"\n{args.duration} s of paced load per row, then up to {args.drain} s for what is queued:\n")
     print("| RESV_WEBHOOK_CONCURRENCY | offered decisions/s | confirmed/s (API) | delivered/s during load "
           "| received / sent | retried | queue cleared after the load | commit-to-receipt p50 | p99 "
-          "| notifier CPU per delivery |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| notifier CPU per delivery | receiver CPU per delivery |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for (c, rate), rows in steadies.items():
         print(f"| {c} | {rate:,} | {_median(rows, 'confirmed_per_s'):,.0f} "
               f"| {_median(rows, 'delivered_during_per_s'):,.0f} "
@@ -333,7 +337,7 @@ def main() -> int:
               f"| {sum(r['retried'] for r in rows):,} "
               f"| {_ms(_median(rows, 'catch_up_s'))} | {_ms(_median(rows, 'p50_s'))} "
               f"| {_ms(_median(rows, 'p99_s'))} "
-              f"| {_median(rows, 'cpu_ms'):.2f} ms |")
+              f"| {_median(rows, 'cpu_ms'):.2f} ms | {_median(rows, 'receiver_cpu_ms'):.2f} ms |")
     return 0
 
 

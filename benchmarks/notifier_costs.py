@@ -4,10 +4,11 @@
    installed), 4 in flight, to a minimal keep-alive receiver in another
    process (asyncio, answers 204, no verification): what one attempt costs
    the client library alone.
-2. One in-process `Notifier` draining --deliveries queued `webhook.test`
-   deliveries to one endpoint on that receiver, with its pool autocommit
-   (as `resv notifier`) and not; the variants take turns, --rounds rounds,
-   medians. CPU is this process's utime+stime over the drain.
+2. One in-process `Notifier` (autocommit pool, as `resv notifier`) draining
+   --deliveries queued `webhook.test` deliveries to one endpoint on that
+   receiver, on asyncio's event loop and on uvloop's; the variants take
+   turns, --rounds rounds, medians. CPU is this process's utime+stime over
+   the drain.
 
     python -m benchmarks.notifier_costs [--deliveries 3000] [--rounds 3]
 """
@@ -22,6 +23,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 from resv.archiver.db import open_pool
 from resv.archiver.migrate import apply_migrations
@@ -107,7 +109,7 @@ async def _clients(url: str, n: int) -> list[tuple[str, float, float]]:
     return out
 
 
-async def _drain(database_url: str, url: str, n: int, autocommit: bool) -> tuple[float, float]:
+async def _drain(database_url: str, url: str, n: int) -> tuple[float, float]:
     pool = await open_pool(database_url, max_size=4)
     try:
         hook, _ = await WebhookStore(pool, NotifierSettings(allow_private=True)).create(url, ["*"], None, None)
@@ -118,7 +120,7 @@ async def _drain(database_url: str, url: str, n: int, autocommit: bool) -> tuple
                           '2026-01-01T00:00:00.000000Z', 'data', jsonb_build_object('n', g)), g, 0
                    FROM generate_series(1, %s) g""", (hook.webhook_id, n))
         settings = NotifierSettings(allow_private=True, database_url=database_url, name="costs", poll_s=0.05)
-        notifier_pool = await open_pool(database_url, max_size=4, check=False, autocommit=autocommit)
+        notifier_pool = await open_pool(database_url, max_size=4, check=False, autocommit=True)
         stop = asyncio.Event()
         cpu0, t0 = _cpu(), time.monotonic()
         task = asyncio.create_task(Notifier(notifier_pool, settings, database_url=database_url).run(stop))
@@ -138,26 +140,35 @@ async def _drain(database_url: str, url: str, n: int, autocommit: bool) -> tuple
         await pool.close()
 
 
-async def main_async(args: argparse.Namespace) -> None:
+def _loops() -> dict[str, Callable[[], asyncio.AbstractEventLoop]]:
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    if importlib.util.find_spec("uvloop"):
+        import uvloop
+        loops["uvloop"] = uvloop.new_event_loop
+    return loops
+
+
+def run(args: argparse.Namespace) -> None:
     port = free_port()
     receiver = subprocess.Popen([sys.executable, "-c", RECEIVER, str(port)])
     url = f"http://127.0.0.1:{port}/"
     try:
         time.sleep(0.5)
         print("| client | POST/s | client CPU per POST |\n|---|---:|---:|")
-        for name, per_s, us in await _clients(url, args.deliveries):
+        for name, per_s, us in asyncio.run(_clients(url, args.deliveries)):
             print(f"| {name} | {per_s:,.0f} | {us:,.0f} us |")
-        results: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
+        loops = _loops()
+        results: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
         with EmbeddedPostgres() as pg:
-            await apply_migrations(pg.url)
+            asyncio.run(apply_migrations(pg.url))
             for _ in range(args.rounds):
-                for autocommit in (False, True):
-                    results[autocommit].append(await _drain(pg.url, url, args.deliveries, autocommit))
+                for name, factory in loops.items():
+                    with asyncio.Runner(loop_factory=factory) as runner:
+                        results[name].append(runner.run(_drain(pg.url, url, args.deliveries)))
         print(f"\n{args.deliveries} queued deliveries, one notifier (4 in flight), medians of {args.rounds} rounds\n")
-        print("| notifier pool | deliveries/s | CPU per delivery |\n|---|---:|---:|")
-        for autocommit, rows in results.items():
-            print(f"| {'autocommit' if autocommit else 'a transaction per statement'} "
-                  f"| {statistics.median(r[0] for r in rows):,.0f} "
+        print("| event loop | deliveries/s | CPU per delivery |\n|---|---:|---:|")
+        for name, rows in results.items():
+            print(f"| {name} | {statistics.median(r[0] for r in rows):,.0f} "
                   f"| {statistics.median(r[1] for r in rows):.2f} ms |")
     finally:
         receiver.kill()
@@ -168,7 +179,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.notifier_costs", description=__doc__.split("\n\n")[0])
     parser.add_argument("--deliveries", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
-    asyncio.run(main_async(parser.parse_args()))
+    run(parser.parse_args())
     return 0
 
 

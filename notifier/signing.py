@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import secrets
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from standardwebhooks import Webhook
 
@@ -29,4 +30,10 @@ def signature(secrets_: list[str], msg_id: str, timestamp: int, body: bytes) -> 
     """The `webhook-signature` header: one `v1,<base64>` per secret."""
     moment = datetime.fromtimestamp(timestamp, tz=UTC)
     text = body.decode()
-    return " ".join(Webhook(s).sign(msg_id, moment, text) for s in secrets_)
+    return " ".join(_signer(s).sign(msg_id, moment, text) for s in secrets_)
+
+
+@lru_cache(maxsize=1024)
+def _signer(secret: str) -> Webhook:
+    # Decoding the secret was half of a signature's 12 us.
+    return Webhook(secret)

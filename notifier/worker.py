@@ -15,14 +15,18 @@ Work is shared through the database, never through memory:
   endpoints.
 - An attempt is claimed before it is made: `attempts + 1` and `lease_until`
   (now + the attempt timeout + a margin) in one statement, rows taken with
-  FOR UPDATE SKIP LOCKED. Its result is written only if the row still has
-  that attempt number (the fencing token), so a late answer from an attempt
-  someone else took over changes nothing. A notifier killed mid-attempt
-  leaves the lease; once it passes, the delivery is attempted again with the
-  same delivery id (webhook-id): at least once, never lost.
+  FOR UPDATE SKIP LOCKED, in batches ahead of the free slots, queued in
+  stream order (endpoint.py, which says what an attempt count means for a
+  delivery claimed ahead and never sent). Its result is written only if the
+  row still has that attempt number (the fencing token), so a late answer
+  from an attempt someone else took over changes nothing. A notifier killed
+  mid-attempt, or with deliveries queued, leaves their leases; once they
+  pass, the deliveries are attempted again with the same delivery id
+  (webhook-id): at least once, never lost.
 - Results are written in batches (one UPDATE for whatever finished while
-  the previous write ran): a DELIVERED status may lag its receipt by one
-  write; a crash in between re-delivers, with the same webhook-id.
+  the previous write ran, or within 10 ms of the first): a DELIVERED status
+  may lag its receipt by one write; a crash in between re-delivers, with the
+  same webhook-id.
 
 Every statement here is one SQL statement that stands alone (its CTEs make
 it atomic), so the notifier's pool is autocommit: one round trip each.
@@ -42,6 +46,7 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import msgspec
@@ -49,7 +54,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from resv.archiver.store import EVENTS_CHANNEL
-from resv.notifier import events, schedule
+from resv.notifier import schedule
+from resv.notifier.endpoint import Claimed, Endpoint
 from resv.notifier.retention import Pruner
 from resv.notifier.sender import Outcome, Sender
 from resv.notifier.settings import NotifierSettings
@@ -76,39 +82,6 @@ WHERE w.webhook_id IN (
 RETURNING w.webhook_id
 """
 
-# Renews the hold on the endpoint and claims up to n due attempts in stream
-# order, with what signing and the body need. No row at all: the endpoint is
-# no longer ours (disabled, deleted, or taken over after our hold lapsed).
-_CLAIM = """
-WITH endpoint AS (
-    UPDATE webhooks SET owner_until = now() + make_interval(secs => %(lease)s)
-    WHERE webhook_id = %(wh)s AND owner = %(me)s AND enabled AND deleted_at IS NULL
-    RETURNING webhook_id, url, secret,
-              CASE WHEN previous_secret_until > now() THEN previous_secret END AS previous_secret
-), picked AS (
-    SELECT d.delivery_id FROM webhook_deliveries d
-    WHERE d.webhook_id = (SELECT webhook_id FROM endpoint) AND d.status = 'PENDING'
-      AND d.next_attempt_at <= now() AND (d.lease_until IS NULL OR d.lease_until <= now())
-    ORDER BY d.ms, d.seq
-    LIMIT %(n)s
-    FOR UPDATE SKIP LOCKED
-), claimed AS (
-    UPDATE webhook_deliveries d SET attempts = d.attempts + 1,
-                                    lease_until = now() + make_interval(secs => %(lease)s)
-    FROM picked p WHERE d.delivery_id = p.delivery_id
-    RETURNING d.delivery_id, d.attempts, d.event_type, d.partition, d.stream_id, d.ms, d.seq,
-              d.payload, d.created_at
-)
-SELECT e.url, e.secret, e.previous_secret, c.delivery_id, c.attempts, c.event_type, c.partition,
-       c.stream_id, c.payload, c.created_at, ev.fields, ev.ts_us
-FROM endpoint e
-LEFT JOIN claimed c ON true
-LEFT JOIN events ev ON ev.partition = c.partition AND ev.stream_id = c.stream_id
-ORDER BY c.ms, c.seq
-"""
-
-_RELEASE = "UPDATE webhooks SET owner = NULL, owner_until = NULL WHERE webhook_id = %s AND owner = %s"
-
 _WRITE_RESULTS = """
 UPDATE webhook_deliveries d
 SET status = v.status, last_status_code = v.code, last_error = v.error,
@@ -134,14 +107,6 @@ WITH this AS (
 UPDATE webhook_deliveries SET status = 'CANCELLED', last_error = 'endpoint disabled (410 Gone)', lease_until = NULL
 WHERE webhook_id = (SELECT webhook_id FROM endpoint) AND status = 'PENDING' AND delivery_id <> %(id)s
 """
-
-
-class Claimed(msgspec.Struct, frozen=True):
-    delivery_id: str
-    attempt: int
-    event_type: str
-    created_at: datetime
-    body: bytes
 
 
 class Result(msgspec.Struct, frozen=True):
@@ -249,74 +214,23 @@ class Notifier:
     # -------------------------------------------------------- one endpoint
 
     async def _deliver_to(self, webhook_id: str) -> None:
-        """Keeps up to `concurrency` attempts in flight, claimed in stream
-        order, until nothing is due; then releases the endpoint."""
-        concurrency = self.settings.concurrency
-        # Claims wait for half the slots to be free: half the round trips
-        # of refilling each slot as it frees, the pipe still never empty.
-        refill = max(1, concurrency // 2)
-        inflight: set[asyncio.Task[None]] = set()
-        try:
-            while not self.stopping.is_set():
-                room = concurrency - len(inflight)
-                claimed: list[tuple[Claimed, str, list[str]]] | None = []
-                if room >= refill or not inflight:
-                    try:
-                        claimed = await self._claim(webhook_id, room)
-                    except (psycopg.Error, OSError) as exc:
-                        log.warning("notifier: claim failed (%s)", type(exc).__name__)
-                        if not inflight:
-                            return
-                        claimed = []
-                    if claimed is None:  # no longer ours
-                        break
-                    for delivery, url, secrets_ in claimed:
-                        inflight.add(asyncio.create_task(self._attempt(webhook_id, url, secrets_, delivery)))
-                if not inflight:
-                    break
-                done, _ = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                inflight -= done
-        finally:
-            if inflight:
-                await asyncio.gather(*inflight, return_exceptions=True)
-            with contextlib.suppress(psycopg.Error, OSError):
-                async with self.pool.connection() as conn:
-                    await conn.execute(_RELEASE, (webhook_id, self.name))
+        await Endpoint(self.pool, self.settings, webhook_id, self._attempt, partial(self._gone, webhook_id),
+                       self.stopping).deliver()
 
-    async def _claim(self, webhook_id: str, n: int) -> list[tuple[Claimed, str, list[str]]] | None:
-        async with self.pool.connection() as conn:
-            cur = await conn.execute(_CLAIM, {"me": self.name, "wh": webhook_id, "n": n,
-                                              "lease": self.settings.lease_s})
-            rows = await cur.fetchall()
-        if not rows:
-            return None
-        out = []
-        for url, secret, previous, delivery_id, attempt, event_type, partition, stream_id, payload, \
-                created_at, fields, ts_us in rows:
-            if delivery_id is None:
-                continue
-            if payload is not None:
-                body = events.body(payload["type"], payload["timestamp"], payload["data"])
-            else:
-                body = events.body(event_type, events.iso_from_us(ts_us or 0),
-                                   events.event_data(partition, stream_id, fields or {}))
-            secrets_ = [secret] + ([previous] if previous else [])
-            out.append((Claimed(delivery_id, attempt, event_type, created_at, body), url, secrets_))
-        return out
-
-    async def _attempt(self, webhook_id: str, url: str, secrets_: list[str], d: Claimed) -> None:
+    async def _attempt(self, d: Claimed) -> bool:
+        """One attempt; True: the endpoint answered 410 Gone."""
         timestamp = int(time.time())
         headers = {
             "webhook-id": d.delivery_id,
             "webhook-timestamp": str(timestamp),
-            "webhook-signature": signature(secrets_, d.delivery_id, timestamp, d.body),
+            "webhook-signature": signature(d.secrets, d.delivery_id, timestamp, d.body),
         }
-        outcome = await self.sender.post(url, headers, d.body)
+        outcome = await self.sender.post(d.url, headers, d.body)
         now = datetime.now(UTC)
         if outcome.status_code == 410:
-            await self._gone(webhook_id, d, now)
-            return
+            return True
         self.results.add(self._result(d, outcome, now))
+        return False
 
     def _result(self, d: Claimed, outcome: Outcome, now: datetime) -> Result:
         if outcome.ok:
@@ -327,8 +241,9 @@ class Notifier:
         status = "PENDING" if next_at is not None else "FAILED"
         return Result(d.delivery_id, d.attempt, status, outcome.status_code, outcome.error, next_at, None)
 
-    async def _gone(self, webhook_id: str, d: Claimed, now: datetime) -> None:
+    async def _gone(self, webhook_id: str, d: Claimed) -> None:
         """410 Gone: the endpoint says it will never take deliveries again."""
+        now = datetime.now(UTC)
         reason = f"the endpoint answered 410 Gone at {now.isoformat(timespec='seconds')}"
         log.info("notifier: endpoint %s answered 410 Gone; disabled", webhook_id)
         for pause in (0.5, 1.0, 2.0, 4.0, None):
@@ -343,10 +258,17 @@ class Notifier:
                 await asyncio.sleep(pause)
 
 
+WRITE_LINGER_S = 0.01
+"""How long the result writer lets a batch grow after its first result:
+measured draining 3,000 deliveries at 4 in flight, 5.6 results per write
+without it, 25 with it, and 0.55 ms of notifier CPU per delivery down to
+0.47. A DELIVERED status lags its receipt by as much more."""
+
+
 class _ResultWriter:
     """Writes attempt results in batches: whatever finished while the
-    previous write ran goes in the next UPDATE. A failed write keeps its
-    results for the next one."""
+    previous write ran, or within WRITE_LINGER_S of the first, goes in the
+    next UPDATE. A failed write keeps its results for the next one."""
 
     def __init__(self, pool: AsyncConnectionPool) -> None:
         self.pool = pool
@@ -364,6 +286,7 @@ class _ResultWriter:
         pause = 0.1
         while True:
             await self.ready.wait()
+            await asyncio.sleep(WRITE_LINGER_S)
             self.ready.clear()
             batch, self.pending = self.pending, []
             if not batch:

@@ -6,7 +6,6 @@ reaches a log."""
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import tempfile
@@ -22,18 +21,10 @@ from resv.notifier.manage import WebhookStore
 from resv.notifier.settings import NotifierSettings
 from tests.archiver_support import PARTITIONS, create
 from tests.report import record
-from tests.webhook_support import eventually
+from tests.webhook_support import eventually, notifier_env
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = 3
-
-
-def notifier_env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RESV_")}
-    env.update(DATABASE_URL=database_url, RESV_WEBHOOK_ALLOW_PRIVATE="1", RESV_NOTIFIER_POLL_MS="50",
-               RESV_WEBHOOK_TIMEOUT_S="1", RESV_WEBHOOK_BACKOFF_BASE_S="0.2", RESV_WEBHOOK_CONCURRENCY="4",
-               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-    return env
 
 
 async def test_killed_notifiers_and_a_postgres_restart_lose_nothing(engine, own_postgres, receiver) -> None:

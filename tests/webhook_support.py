@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -19,6 +20,7 @@ from resv.archiver.db import open_pool
 from resv.embedded import free_port
 from resv.notifier.settings import NotifierSettings
 from resv.notifier.worker import Notifier
+from tests.procs import ROOT
 
 # What the notifier tests need: loopback receivers, fast retries.
 FAST = {"allow_private": True, "poll_s": 0.05, "timeout_s": 2.0, "backoff_base_s": 0.2,
@@ -166,6 +168,15 @@ async def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str 
                 detail = await detail
             raise AssertionError(f"timed out waiting for {what}" + (f": {detail}" if detail is not None else ""))
         await asyncio.sleep(0.05)
+
+
+def notifier_env(database_url: str) -> dict[str, str]:
+    """The environment of a `resv notifier` process: loopback receivers, fast retries, 1 s attempts."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RESV_")}
+    env.update(DATABASE_URL=database_url, RESV_WEBHOOK_ALLOW_PRIVATE="1", RESV_NOTIFIER_POLL_MS="50",
+               RESV_WEBHOOK_TIMEOUT_S="1", RESV_WEBHOOK_BACKOFF_BASE_S="0.2", RESV_WEBHOOK_CONCURRENCY="4",
+               PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    return env
 
 
 @pytest.fixture
