@@ -139,7 +139,7 @@ class WebhookController(Controller):
     async def list_webhooks(self, request: Request[Any, Any, Any]) -> WebhookList:
         return WebhookList(webhooks=await _call(_store(request).list()))
 
-    @get("/{webhook_id:str}", operation_id="getWebhook", responses=docs.errors(403, 404))
+    @get("/{webhook_id:str}", operation_id="getWebhook", responses=docs.errors(400, 403, 404))
     async def get_webhook(self, request: Request[Any, Any, Any], webhook_id: WebhookIdPath) -> Webhook:
         """The endpoint (never its secret); `disabled_reason` says why it is disabled."""
         found = await _call(_store(request).get(webhook_id))
@@ -164,14 +164,15 @@ class WebhookController(Controller):
             raise ApiError(404, "NOT_FOUND")
         return found
 
-    @delete("/{webhook_id:str}", operation_id="deleteWebhook", status_code=204, responses=docs.errors(403, 404))
+    @delete("/{webhook_id:str}", operation_id="deleteWebhook", status_code=204,
+            responses=docs.errors(400, 403, 404))
     async def remove(self, request: Request[Any, Any, Any], webhook_id: WebhookIdPath) -> None:
         """Deletes the endpoint; its pending deliveries end CANCELLED."""
         if not await _call(_store(request).delete(webhook_id)):
             raise ApiError(404, "NOT_FOUND")
 
     @post("/{webhook_id:str}/rotate-secret", operation_id="rotateWebhookSecret", status_code=200,
-          responses=docs.errors(403, 404))
+          responses=docs.errors(400, 403, 404))
     async def rotate(self, request: Request[Any, Any, Any], webhook_id: WebhookIdPath) -> SecretOut:
         """A new secret. For 24 hours every delivery carries two signatures
         in webhook-signature: the new secret's and the old one's."""
@@ -180,7 +181,8 @@ class WebhookController(Controller):
             raise ApiError(404, "NOT_FOUND")
         return SecretOut(secret=secret)
 
-    @post("/{webhook_id:str}/test", operation_id="testWebhook", status_code=202, responses=docs.errors(403, 404))
+    @post("/{webhook_id:str}/test", operation_id="testWebhook", status_code=202,
+          responses=docs.errors(400, 403, 404))
     async def send_test(self, request: Request[Any, Any, Any], webhook_id: WebhookIdPath) -> Response[None]:
         """Delivers a `webhook.test` event now (once the endpoint is enabled)."""
         if not await _call(_store(request).send_test(webhook_id)):
@@ -197,8 +199,8 @@ class WebhookController(Controller):
         return page
 
     @post("/{webhook_id:str}/deliveries/{delivery_id:str}/retry", operation_id="retryWebhookDelivery",
-          status_code=202, responses=docs.errors(403, 404, conflict="The delivery is DELIVERED or CANCELLED "
-                                                                     "(`INVALID_STATE`)."))
+          status_code=202, responses=docs.errors(400, 403, 404, conflict="The delivery is DELIVERED or "
+                                                                          "CANCELLED (`INVALID_STATE`)."))
     async def retry(self, request: Request[Any, Any, Any], webhook_id: WebhookIdPath,
                     delivery_id: DeliveryIdPath) -> Response[None]:
         """A FAILED or PENDING delivery is attempted now."""
