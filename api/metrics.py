@@ -13,7 +13,8 @@ process (`Tally`, `RouteMetrics`) and moved into prometheus_client by
 `flush()`: once a second (the app's lifespan runs `flush_forever`) and
 before every scrape that this process answers. prometheus_client takes a
 lock per update and walks the histogram's buckets in Python; six of those
-per request were ~5% of a cached GET /availability's CPU in `make bench-api`,
+per request were ~5% of a cached GET /availability's CPU with the app driven
+in-process (the `benchmarks.app_cpu` harness, metrics on and off in turns);
 the tallies cost a few attribute updates. A scrape answered by another
 worker sees this one's tallies as of its last flush (at most a second old).
 
